@@ -1,0 +1,135 @@
+"""FlashBackConfig: how the engine lays out retrieved passages and when it re-retrieves.
+
+A validated dataclass with a JSON round-trip, so adapters, indexes and benchmarks can record the
+exact settings they were made with.
+
+    >>> from flashback_rag import FlashBackConfig
+    >>> cfg = FlashBackConfig(pattern="append", stride=16, query_tokens=32, doc_tokens=128)
+    >>> FlashBackConfig.from_json(cfg.to_json()) == cfg
+    True
+    >>> FlashBackConfig(stride=0)
+    Traceback (most recent call last):
+    ...
+    flashback_rag.errors.ConfigError: stride must be a positive integer, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+PATTERNS = ("append", "prepend", "none")
+MARK_L = "<MARK_L>"
+MARK_R = "<MARK_R>"
+
+
+@dataclass
+class FlashBackConfig:
+    """Settings of one FlashBack engine.
+
+    pattern:       "append" (FlashBack: passages after the prefix, KV cache kept), "prepend" (In-Context
+                   RALM baseline: passages before the prefix, recomputed at each retrieval) or "none".
+    markers:       wrap the passage block in ``<MARK_L>`` ... ``<MARK_R>`` (trainable marker tokens).
+    stride:        re-retrieve every ``stride`` generated tokens.
+    query_tokens:  the query is the last ``query_tokens`` tokens of the running text.
+    doc_tokens:    each passage is truncated to this many tokens.
+    top_k:         passages per retrieval, concatenated in rank order inside one marker pair.
+    max_context:   cap on the logical context length (defaults to the model's maximum positions).
+    strict:        a retriever that raises stops generation instead of being skipped with a warning.
+    passage_template: how a passage is turned into text; ``{title}`` and ``{text}`` are filled in, and an
+                   empty title drops the line it sits on.
+    """
+
+    pattern: str = "append"
+    markers: bool = True
+    stride: int = 16
+    query_tokens: int = 32
+    doc_tokens: int = 128
+    top_k: int = 1
+    max_context: int | None = None
+    strict: bool = False
+    passage_template: str = "{title}\n{text}"
+    mark_left: str = MARK_L
+    mark_right: str = MARK_R
+
+    def __post_init__(self) -> None:
+        if self.pattern not in PATTERNS:
+            raise ConfigError(f"unknown pattern {self.pattern!r}; choose one of {', '.join(PATTERNS)}")
+        for name in ("stride", "query_tokens", "doc_tokens", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_context is not None and (
+            isinstance(self.max_context, bool) or not isinstance(self.max_context, int) or self.max_context <= 1
+        ):
+            raise ConfigError(f"max_context must be an integer > 1, got {self.max_context!r}")
+        if "{text}" not in self.passage_template:
+            raise ConfigError("passage_template must contain {text}")
+        if not self.mark_left or not self.mark_right or self.mark_left == self.mark_right:
+            raise ConfigError("mark_left and mark_right must be two different non-empty strings")
+
+    @property
+    def retrieves(self) -> bool:
+        """Whether this pattern retrieves at all."""
+        return self.pattern != "none"
+
+    @property
+    def max_block_tokens(self) -> int:
+        """Upper bound on the tokens one passage block adds (passages plus the two markers)."""
+        if not self.retrieves:
+            return 0
+        return self.top_k * self.doc_tokens + (2 if self.markers else 0)
+
+    def replace(self, **changes: Any) -> "FlashBackConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FlashBackConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown FlashBackConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FlashBackConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"FlashBackConfig JSON is not valid: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("FlashBackConfig JSON must be an object")
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as JSON (atomically: a temporary file, then a rename)."""
+        from .io_utils import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FlashBackConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no FlashBack config at {path}")
+        return cls.from_json(path.read_text(encoding="utf-8"))
+
+
+def config_fields() -> list[str]:
+    """Names of the FlashBackConfig fields (used to split keyword arguments in the integrations)."""
+    return [f.name for f in dataclasses.fields(FlashBackConfig)]
+
+
+__all__ = ["FlashBackConfig", "PATTERNS", "MARK_L", "MARK_R", "config_fields", "field"]

@@ -1,0 +1,291 @@
+"""FlashBack: the cache-aware decoding loop with periodic re-retrieval.
+
+    >>> from flashback_rag import FlashBack, FlashBackConfig, load_model
+    >>> from flashback_rag.retrievers import BM25Retriever
+    >>> model, tokenizer = load_model("tiny-random-llama")
+    >>> retriever = BM25Retriever.build(["Paris is the capital of France.", "Rome is in Italy."])
+    >>> fb = FlashBack(model, tokenizer, retriever, FlashBackConfig(pattern="append", stride=4))
+    >>> result = fb.generate("The capital of France", max_new_tokens=8)
+    >>> len(result.token_ids), len(result.retrievals)
+    (8, 2)
+    >>> fb.generate("The capital of France", max_new_tokens=8, use_cache=False).token_ids == result.token_ids
+    True
+
+The loop, for every generated token (read :meth:`FlashBack._decode` top to bottom):
+1. at a retrieval point (every ``stride`` tokens) retrieve with the last ``query_tokens`` tokens and
+   build the passage block;
+2. if the context up to the next retrieval point would not fit the window, slide it (drop the oldest
+   prefix tokens);
+3. ask the logit source for the next-token logits of the *logical context* (``patterns.py``): a cached
+   source keeps the longest prefix still valid and feeds the rest in one forward (for append that is the
+   last ``stride`` tokens plus the new block; for prepend everything after the BOS), between retrieval
+   points it feeds just the last token; the reference source (``use_cache=False``) recomputes all;
+4. pick the token (greedy or sampled), never a marker; stop at EOS, a stop string, or the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .config import FlashBackConfig
+from .errors import ConfigError, RetrievalError
+from .kv_cache import CachedLogits, RecomputedLogits
+from .models import add_marker_tokens, marker_ids, max_positions
+from .patterns import build_block, encode_passage, logical_context
+from .results import GenerationResult, RetrievalRecord, SlideRecord
+from .retrievers.base import Passage, Retriever
+from .sampling import Sampler, TextAssembler
+
+log = logging.getLogger(__name__)
+
+
+def as_passage(item: Any, rank: int) -> Passage:
+    """Accept what user retrievers commonly return: Passage, a string, or a dict with text/contents."""
+    if isinstance(item, Passage):
+        return item
+    if isinstance(item, str):
+        return Passage(id=str(rank), text=item)
+    if isinstance(item, dict) and ("text" in item or "contents" in item):
+        return Passage(id=str(item.get("id", rank)), text=item.get("text", item.get("contents", "")),
+                       title=item.get("title", "") or "", score=float(item.get("score", 0.0)))
+    raise TypeError(f"a retriever returned {type(item).__name__}; expected Passage, str or dict")
+
+
+class TextStream:
+    """Iterate to get text deltas as they are generated; ``.result`` holds the full result afterwards."""
+
+    def __init__(self, events: Iterator[str]) -> None:
+        self._events = events
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.result = yield from self._events
+
+
+class FlashBack:
+    """A causal LM, a retriever and a context pattern: generate with periodic re-retrieval."""
+
+    def __init__(self, model, tokenizer, retriever: Retriever | None = None,
+                 config: FlashBackConfig | None = None) -> None:
+        self.config = cfg = config or FlashBackConfig()
+        if cfg.retrieves and retriever is None:
+            raise ConfigError(f"pattern {cfg.pattern!r} needs a retriever (or use pattern='none')")
+        self.model, self.tokenizer, self.retriever = model, tokenizer, retriever
+        # Markers are added to the vocabulary only when this engine uses them; their ids are looked up.
+        if cfg.retrieves and cfg.markers:
+            self.markers = add_marker_tokens(model, tokenizer, cfg.mark_left, cfg.mark_right)
+        else:
+            self.markers = None
+        limits = [v for v in (max_positions(model), cfg.max_context) if v]
+        self.max_context: int | None = min(limits) if limits else None
+        # Tokens one window segment may add after the prefix: the block plus the tokens decoded
+        # until the next retrieval point (one token at a time without retrieval).
+        self._reserve = cfg.max_block_tokens + (cfg.stride if cfg.retrieves else 1)
+        if self.max_context is not None and self._reserve + 1 > self.max_context:
+            raise ConfigError(
+                f"a passage block of up to {cfg.max_block_tokens} tokens (top_k x doc_tokens + markers) "
+                f"plus a stride of {cfg.stride} does not fit a context window of {self.max_context} "
+                "tokens; lower doc_tokens, top_k or stride")
+        # Never generate a marker (training never predicts them) nor an id the tokenizer cannot decode.
+        found = marker_ids(tokenizer, cfg.mark_left, cfg.mark_right)
+        self._banned_ids = sorted(set(found.as_list() if found else []))
+        self._vocab_size = len(tokenizer)
+        self._passage_ids: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_pretrained(cls, model_name_or_path: str, retriever: Retriever | str | None = None,
+                        config: FlashBackConfig | None = None, device: str | None = None,
+                        dtype: str | torch.dtype | None = None, **config_fields: Any) -> "FlashBack":
+        """Load a model by alias, folder, .gguf or hub id; ``retriever`` may be an index folder path."""
+        from .models import load_model
+        from .retrievers import load_index
+
+        if config_fields:
+            config = (config or FlashBackConfig()).replace(**config_fields)
+        model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype)
+        if isinstance(retriever, str):
+            retriever = load_index(retriever)
+        return cls(model, tokenizer, retriever, config)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"FlashBack(model={self.model.config.model_type}, pattern={c.pattern}, markers={c.markers}, "
+                f"stride={c.stride}, query_tokens={c.query_tokens}, doc_tokens={c.doc_tokens}, top_k={c.top_k})")
+
+    # ------------------------------------------------------------------------ public API
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,
+                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 stop: Sequence[str] | str | None = None, ignore_eos: bool = False,
+                 use_cache: bool = True) -> GenerationResult:
+        """Generate a continuation of ``prompt`` (text, or token ids). Greedy unless temperature > 0.
+
+        ``use_cache=False`` is the reference mode: it recomputes the whole logical context at every
+        token and must give the same tokens as the cached loop.
+        """
+        events = self._decode(prompt, max_new_tokens, temperature, top_p, top_k, seed, stop,
+                              ignore_eos, use_cache, want_text=bool(stop))
+        while True:
+            try:
+                next(events)
+            except StopIteration as done:
+                return done.value
+
+    def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,
+               temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+               stop: Sequence[str] | str | None = None, ignore_eos: bool = False,
+               use_cache: bool = True) -> TextStream:
+        """Like :meth:`generate`, but iterate over the text as it is produced."""
+        return TextStream(self._decode(prompt, max_new_tokens, temperature, top_p, top_k, seed, stop,
+                                       ignore_eos, use_cache, want_text=True))
+
+    def encode_prompt(self, prompt: str | Sequence[int]) -> tuple[list[int], int]:
+        """Prompt token ids and the number of leading special tokens (a BOS) that anchor the context."""
+        bos = self.tokenizer.bos_token_id
+        if not isinstance(prompt, str):
+            ids = [int(t) for t in prompt]
+            return ids, int(bool(ids) and bos is not None and ids[0] == bos)
+        with_special = self.tokenizer(prompt).input_ids
+        plain = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        lead = len(with_special) - len(plain)
+        if lead > 0 and with_special[lead:] == plain:
+            return list(with_special), lead
+        return list(plain), 0
+
+    # ------------------------------------------------------------------------ the loop
+    def _decode(self, prompt, max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos,
+                use_cache, want_text) -> Iterator[str]:
+        cfg = self.config
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        device = next(self.model.parameters()).device
+        sampler = Sampler(temperature, top_p, top_k, seed, device=device)
+        tokens, anchor = self.encode_prompt(prompt)
+        if not tokens:
+            raise ConfigError("the prompt is empty and the tokenizer has no BOS token to start from")
+        result = GenerationResult(text="", token_ids=[], finish_reason="length", pattern=cfg.pattern)
+        stats = result.stats
+        stats.prompt_tokens = len(tokens)
+        source = CachedLogits(self.model, stats) if use_cache else RecomputedLogits(self.model, stats)
+        text = TextAssembler(self.tokenizer, stops) if want_text else None
+        eos = None if ignore_eos else self.tokenizer.eos_token_id
+        window, point, block = anchor, len(tokens), []      # tokens[anchor:window] slid out
+        started = time.perf_counter()
+
+        with torch.inference_mode():
+            for step in range(max_new_tokens):
+                n = len(tokens)
+                resync = step == 0 or not use_cache
+                # 1. retrieval point: query = last query_tokens tokens -> passage block
+                if cfg.retrieves and step % cfg.stride == 0:
+                    point, block = n, self._retrieve(tokens, anchor, step, result)
+                    resync = True
+                # 2. slide the window if the context until the next retrieval point would not fit
+                if self.max_context is not None and (cfg.retrieves and step % cfg.stride == 0
+                                                     or not cfg.retrieves):
+                    ahead = min(cfg.stride, max_new_tokens - step) if cfg.retrieves else 1
+                    start = self._slide_start(n, ahead, anchor, len(block), window)
+                    if start != window:
+                        result.slides.append(SlideRecord(step, start, start - window))
+                        window, resync = start, True
+                # 3. logits: (B=1, T_new) fed, (vocab,) back
+                if resync:
+                    context = logical_context(cfg.pattern, tokens, point, block, anchor, window)
+                    logits = source.resync(context)
+                else:
+                    logits = source.extend(tokens[-1])
+                # 4. the next token: never a marker, never an id past the tokenizer's vocabulary
+                if self._banned_ids:
+                    logits[self._banned_ids] = float("-inf")
+                if logits.shape[-1] > self._vocab_size:
+                    logits[self._vocab_size:] = float("-inf")
+                token = sampler(logits)
+                if token == eos:
+                    result.finish_reason = "eos"
+                    break
+                tokens.append(token)
+                result.token_ids.append(token)
+                if text is not None:
+                    delta = text.push(token)
+                    if delta:
+                        yield delta
+                    if text.stopped:
+                        result.finish_reason = "stop"
+                        break
+
+        if text is not None:
+            tail = text.finish()
+            if tail:
+                yield tail
+            result.text = text.final_text
+        else:
+            result.text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        stats.generated_tokens = len(result.token_ids)
+        stats.total_seconds = time.perf_counter() - started
+        return result
+
+    def _slide_start(self, n: int, ahead: int, anchor: int, block_len: int, window: int) -> int:
+        """Window start so that the context stays within max_context until the next check point.
+
+        The last step of the segment reads anchor + (n + ahead - 1 - start) + block_len tokens. When
+        that is too many, drop a quarter of the free room more than needed, so the window slides (and
+        the cache is recomputed) rarely, not at every retrieval.
+        """
+        start = max(anchor, window)
+        needed = anchor + (n + ahead - 1 - start) + block_len
+        if needed <= self.max_context:
+            return window
+        margin = max(0, (self.max_context - anchor - self._reserve) // 4)
+        return min(n - 1, start + (needed - self.max_context) + margin)
+
+    def _retrieve(self, tokens: list[int], anchor: int, step: int, result: GenerationResult) -> list[int]:
+        """Retrieve for the current prefix and return the passage block (token ids)."""
+        cfg = self.config
+        started = time.perf_counter()
+        query = self.tokenizer.decode(tokens[max(anchor, len(tokens) - cfg.query_tokens):],
+                                      skip_special_tokens=True)
+        passages: list[Passage] = []
+        error = None
+        if query.strip():
+            try:
+                found = self.retriever.retrieve(query, cfg.top_k)
+                passages = [as_passage(p, i) for i, p in enumerate(list(found)[:cfg.top_k])]
+            except Exception as err:   # a failing retriever must not kill a long generation
+                if cfg.strict:
+                    raise RetrievalError(f"retriever failed at step {step}: {err}") from err
+                error = f"{type(err).__name__}: {err}"
+                message = f"retrieval failed at step {step}, continuing without a passage: {error}"
+                log.warning(message)
+                result.warnings.append(message)
+        block = build_block([self._passage_tokens(p) for p in passages], self.markers)
+        seconds = time.perf_counter() - started
+        result.retrievals.append(RetrievalRecord(step=step, position=len(tokens), query=query,
+                                                 passages=passages, block_tokens=len(block),
+                                                 seconds=seconds, error=error))
+        result.stats.retrievals += 1
+        result.stats.retrieval_seconds += seconds
+        return block
+
+    def _passage_tokens(self, passage: Passage) -> list[int]:
+        """Passage token ids, memoised: the same passage often comes back stride after stride."""
+        key = (passage.id, passage.text)
+        with self._lock:
+            ids = self._passage_ids.get(key)
+            if ids is not None:
+                self._passage_ids.move_to_end(key)
+                return ids
+        ids = encode_passage(self.tokenizer, passage, self.config.doc_tokens, self.config.passage_template)
+        with self._lock:
+            self._passage_ids[key] = ids
+            while len(self._passage_ids) > 4096:
+                self._passage_ids.popitem(last=False)
+        return ids

@@ -1,0 +1,126 @@
+"""Where logits come from: a KV cache that keeps what stays valid, or a full recompute (reference).
+
+Both sources take the *logical context* (the whole token sequence the model should read) and return
+the logits of its last position. The cached source keeps the longest common prefix of what it holds
+and the new context, crops the rest, and feeds only the new tokens. Because attention is causal, the
+keys and values of a position depend only on the tokens up to it, so reusing a common prefix is exact:
+that single rule covers FlashBack's crop-and-append, prepend's full recompute, and window slides.
+
+    >>> from flashback_rag.kv_cache import common_prefix_len
+    >>> common_prefix_len([1, 2, 3, 9], [1, 2, 3, 4, 5])
+    3
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+
+import torch
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix (slice comparisons run in C; binary search on the length)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n          # invariant: a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def crop_cache(cache, length: int) -> None:
+    """Keep the first ``length`` positions of a transformers cache (4.x and 5.x signatures)."""
+    current = cache.get_seq_length()
+    if length >= current:
+        return
+    if "tokens_to_remove" in inspect.signature(cache.crop).parameters:
+        cache.crop(length - current)      # transformers 5: a negative count of tokens to remove
+    else:
+        cache.crop(length)                # transformers 4: the length to keep
+
+
+def _logits_kwargs(model) -> dict:
+    params = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in params:
+        return {"logits_to_keep": 1}
+    if "num_logits_to_keep" in params:
+        return {"num_logits_to_keep": 1}
+    return {}
+
+
+class _Source:
+    def __init__(self, model, stats) -> None:
+        self.model = model
+        self.stats = stats
+        self.device = next(model.parameters()).device
+        self._keep_last = _logits_kwargs(model)
+        self._sync = self.device.type == "cuda"
+
+    def _run(self, ids: Sequence[int], **kwargs) -> torch.Tensor:
+        """One forward over ``ids``; returns the last position's logits (vocab,)."""
+        start = time.perf_counter()
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=input_ids, **kwargs, **self._keep_last)
+        logits = out.logits[0, -1]
+        if self._sync:
+            torch.cuda.synchronize(self.device)
+        self.stats.model_seconds += time.perf_counter() - start
+        self.stats.forward_calls += 1
+        if len(ids) == 1:
+            self.stats.decode_steps += 1
+        else:
+            self.stats.prefill_tokens += len(ids)
+        return logits
+
+
+class CachedLogits(_Source):
+    """Logits from a KV cache that is reused across steps and cropped at retrieval points."""
+
+    def __init__(self, model, stats) -> None:
+        super().__init__(model, stats)
+        self.cache = None
+        self.held: list[int] = []       # the logical tokens whose keys/values the cache holds
+
+    @staticmethod
+    def _fresh():
+        from transformers import DynamicCache
+
+        # A plain (full-attention) cache: every layer can be cropped to any length.
+        return DynamicCache()
+
+    def resync(self, context: list[int]) -> torch.Tensor:
+        """Logits for an arbitrary new ``context``: keep the common prefix, feed the rest."""
+        keep = min(common_prefix_len(self.held, context), len(context) - 1)
+        if self.cache is None or keep == 0:
+            self.cache = self._fresh()
+            keep = 0
+        else:
+            crop_cache(self.cache, keep)
+        self.stats.reused_tokens += keep
+        self.held = self.held[:keep]
+        return self._feed(context[keep:])
+
+    def extend(self, token: int) -> torch.Tensor:
+        """Logits after appending one token to the context the cache already holds."""
+        return self._feed([token])
+
+    def _feed(self, ids: Sequence[int]) -> torch.Tensor:
+        logits = self._run(ids, past_key_values=self.cache, use_cache=True)
+        self.held.extend(ids)
+        return logits
+
+
+class RecomputedLogits(_Source):
+    """Reference mode: every step recomputes the whole logical context from scratch, no cache."""
+
+    def resync(self, context: list[int]) -> torch.Tensor:
+        return self._run(context, use_cache=False)
+
+    extend = None   # the reference mode always passes the whole context

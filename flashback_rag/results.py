@@ -1,0 +1,83 @@
+"""What a generation returns: the text, the tokens, the retrieval log, window slides and timings.
+
+    >>> from flashback_rag.results import GenerationStats
+    >>> GenerationStats(generated_tokens=10, total_seconds=2.0).tokens_per_second
+    5.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .retrievers.base import Passage
+
+
+@dataclass
+class RetrievalRecord:
+    """One retrieval point: where it happened, the query, and what came back (or the error)."""
+
+    step: int            # generated tokens before this retrieval
+    position: int        # index of the retrieval point in prompt + generated tokens
+    query: str
+    passages: list[Passage] = field(default_factory=list)
+    block_tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def passage_ids(self) -> list[str]:
+        return [p.id for p in self.passages]
+
+    @property
+    def scores(self) -> list[float]:
+        return [p.score for p in self.passages]
+
+
+@dataclass
+class SlideRecord:
+    """The context window slid: the oldest prefix tokens were dropped and the cache recomputed."""
+
+    step: int
+    window_start: int     # first prompt+generated token index still in the context
+    dropped_tokens: int   # how many were dropped by this slide
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_tokens: int = 0      # tokens fed in multi-token forwards (prompt, passage blocks, recomputes)
+    decode_steps: int = 0        # one-token forwards
+    forward_calls: int = 0
+    reused_tokens: int = 0       # cached positions kept at retrieval points (what append saves)
+    retrievals: int = 0
+    retrieval_seconds: float = 0.0
+    model_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.total_seconds if self.total_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tokens_per_second"] = self.tokens_per_second
+        return data
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str                     # "length", "eos" or "stop"
+    pattern: str
+    retrievals: list[RetrievalRecord] = field(default_factory=list)
+    slides: list[SlideRecord] = field(default_factory=list)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stats"] = self.stats.to_dict()
+        return data

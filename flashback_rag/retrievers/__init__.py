@@ -1,0 +1,35 @@
+"""Retrieval for flashback-rag: the protocol, the Passage record, back-ends by name, index folders.
+
+    >>> from flashback_rag.retrievers import BM25Retriever, load_index
+    >>> r = BM25Retriever.build(["Paris is the capital of France."], titles=["France"])
+    >>> r.retrieve("capital of France", k=1)[0].title
+    'France'
+
+``load_index(dir)`` reads any index folder; the manifest says which back-end wrote it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from .base import IndexRetriever, Passage, Retriever, read_title_list, retrieve_batch
+from .bm25 import BM25Retriever
+from .index_folder import read_manifest
+from .registry import available_backends, get_backend, register_backend
+
+
+def load_index(directory: str | Path, forbidden_titles: Iterable[str] | str | Path | None = None
+               ) -> IndexRetriever:
+    """Load an index folder of any back-end; optionally exclude passages with forbidden titles."""
+    manifest = read_manifest(directory)
+    retriever = get_backend(manifest["backend"]).load(directory)
+    if forbidden_titles is not None:
+        retriever.set_forbidden_titles(forbidden_titles)
+    return retriever
+
+
+__all__ = [
+    "BM25Retriever", "IndexRetriever", "Passage", "Retriever", "available_backends", "get_backend",
+    "load_index", "read_manifest", "read_title_list", "register_backend", "retrieve_batch",
+]
