@@ -5,7 +5,7 @@
     >>> model, tokenizer = load_model("tiny-random-llama")
     >>> fb = FlashBack(model, tokenizer, BM25Retriever.build(["a passage about cats"]),
     ...                FlashBackConfig(pattern="append", stride=8))
-    >>> len(fb.generate("cats", max_new_tokens=4).token_ids)
+    >>> len(fb.generate("cats", max_new_tokens=4, ignore_eos=True).token_ids)
     4
 """
 

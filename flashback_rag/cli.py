@@ -1,0 +1,187 @@
+"""The ``flashback`` command: thin argument parsing over the library's modules.
+
+    $ flashback index build --input docs/ --out my-index
+    $ flashback index search my-index "how do context managers work" -k 3
+    $ flashback generate --model smollm2-135m --index my-index --pattern append "The with statement"
+    $ flashback demo --json
+
+Every error a user can cause prints one line, ``flashback: error: ...``, and exits with code 2.
+Other command groups (training, retrieval records, ...) live in their own modules and are listed in
+``COMMAND_MODULES``; each has ``add_commands(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import PATTERNS, FlashBackConfig
+from .errors import FlashBackError
+
+# Modules that add sub-commands: each defines add_commands(subparsers) -> None.
+COMMAND_MODULES: list[str] = [
+    "flashback_rag.demo",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage is printed by --help, not on every typo)."""
+
+    def error(self, message: str):
+        self.exit(2, f"flashback: error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | None = "smollm2-135m") -> None:
+    """Flags shared by every command that runs the engine (generate, demo, benchmarks...)."""
+    g = parser.add_argument_group("engine")
+    g.add_argument("--model", default=model_default, help="alias, local folder, .gguf file or HF id "
+                   "(default: %(default)s)")
+    g.add_argument("--pattern", default="append", choices=PATTERNS, help="context pattern (default: append)")
+    g.add_argument("--markers", action=argparse.BooleanOptionalAction, default=True,
+                   help="wrap passages in <MARK_L>/<MARK_R> (default: on)")
+    g.add_argument("--stride", type=int, default=16, help="re-retrieve every N generated tokens")
+    g.add_argument("--query-tokens", type=int, default=32, help="query = last N tokens")
+    g.add_argument("--doc-tokens", type=int, default=128, help="truncate each passage to N tokens")
+    g.add_argument("--top-k", type=int, default=1, help="passages per retrieval")
+    g.add_argument("--max-context", type=int, default=None, help="cap the context window (tokens)")
+    g.add_argument("--strict", action="store_true", help="stop when the retriever fails (default: skip)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
+
+
+def config_from_args(args: argparse.Namespace) -> FlashBackConfig:
+    return FlashBackConfig(pattern=args.pattern, markers=args.markers, stride=args.stride,
+                           query_tokens=args.query_tokens, doc_tokens=args.doc_tokens, top_k=args.top_k,
+                           max_context=args.max_context, strict=args.strict)
+
+
+# ----------------------------------------------------------------------------- generate
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .decoding import FlashBack
+    from .models import load_model
+    from .retrievers import load_index
+
+    config = config_from_args(args)          # validate flags before loading anything heavy
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if config.retrieves and not args.index:
+        raise FlashBackError(f"--pattern {config.pattern} needs --index DIR (or use --pattern none)")
+    retriever = load_index(args.index) if args.index else None
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    fb = FlashBack(model, tokenizer, retriever, config)
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                   top_k=args.sample_top_k, seed=args.seed, stop=args.stop or None)
+    if args.stream and not args.json:
+        stream = fb.stream(prompt, **options)
+        for delta in stream:
+            print(delta, end="", flush=True)
+        print()
+        result = stream.result
+    else:
+        result = fb.generate(prompt, **options)
+        if not args.json:
+            print(result.text)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        s = result.stats
+        print(f"[{s.generated_tokens} tokens in {s.total_seconds:.2f}s, {s.tokens_per_second:.1f} tok/s; "
+              f"{s.retrievals} retrievals, {len(result.slides)} window slides; finish: {result.finish_reason}]",
+              file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- index
+def _cmd_index_build(args: argparse.Namespace) -> int:
+    from .indexing import build_index
+
+    manifest = build_index(args.input, args.out, backend=args.backend, chunk_tokens=args.chunk_tokens,
+                           tokenizer=args.tokenizer, show_progress=not args.quiet)
+    print(f"built {manifest['backend']} index with {manifest['num_chunks']} chunks in {args.out}")
+    return 0
+
+
+def _cmd_index_search(args: argparse.Namespace) -> int:
+    from .retrievers import load_index
+
+    retriever = load_index(args.index, forbidden_titles=args.forbidden_titles)
+    passages = retriever.retrieve(args.query, args.k)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in passages], indent=2, ensure_ascii=False))
+        return 0
+    if not passages:
+        print("no passage matched")
+    for rank, p in enumerate(passages, 1):
+        snippet = " ".join(p.text.split())[:200]
+        print(f"{rank}. [{p.id}] {p.title}  (score {p.score:.3f})\n   {snippet}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flashback", description="FlashBack retrieval-augmented generation")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="generate text with periodic re-retrieval")
+    gen.add_argument("prompt", help="the prompt text, or - to read it from stdin")
+    gen.add_argument("--index", help="index folder to retrieve from")
+    add_engine_arguments(gen)
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--sample-top-k", type=int, default=0, help="sample among the k most likely tokens")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
+    gen.add_argument("--stream", action="store_true", help="print text as it is generated")
+    gen.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    gen.set_defaults(func=_cmd_generate)
+
+    index = sub.add_parser("index", help="build and query retrieval indexes")
+    isub = index.add_subparsers(dest="index_command", required=True, parser_class=_Parser)
+    build = isub.add_parser("build", help="chunk a corpus and index it")
+    build.add_argument("--input", required=True, help="file, folder, or hf:NAME[:CONFIG[:SPLIT]]")
+    build.add_argument("--out", required=True, help="index folder to write")
+    build.add_argument("--backend", default="bm25", help="bm25 (default), lucene or dense")
+    build.add_argument("--chunk-tokens", type=int, default=128)
+    build.add_argument("--tokenizer", default="smollm2-135m",
+                       help="tokenizer that counts chunk tokens: model alias/folder/id, or 'words'")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=_cmd_index_build)
+    search = isub.add_parser("search", help="query an index folder")
+    search.add_argument("index")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=5)
+    search.add_argument("--forbidden-titles", help="file with one title a line to exclude")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=_cmd_index_search)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="flashback: %(levelname)s: %(message)s")
+    if not args.verbose:
+        # transformers and friends are chatty; a user error should read as one line.
+        for noisy in ("transformers", "bm25s", "sentence_transformers", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except FlashBackError as err:
+        print(f"flashback: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flashback: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Corpus readers and token chunking: text files, folders and JSONL in, ``{"id", "title", "contents"}`` out.
+
+    >>> from flashback_rag.corpus import Document, chunk_documents
+    >>> from flashback_rag.models import byte_level_tokenizer
+    >>> docs = [Document(title="Greeting", text="hello world, hello again")]
+    >>> [c["contents"] for c in chunk_documents(docs, byte_level_tokenizer(), chunk_tokens=12)]
+    ['hello world,', ' hello again']
+
+Chunks are windows of ``chunk_tokens`` tokens of a given tokenizer (the seed's ``data2jsonl`` uses 128),
+each keeping its document's title. Readers:
+- ``.txt`` / ``.md`` / ``.rst`` files: one document each, titled by the first Markdown/reST heading or
+  the file name;
+- ``.jsonl`` / ``.json`` lines: ``text`` (or ``contents``) and an optional ``title`` per line;
+- folders: every such file below them, in sorted order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import EmptyCorpusError, FlashBackError
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text"}
+JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+
+
+@dataclass
+class Document:
+    title: str
+    text: str
+
+
+def _heading(text: str) -> str | None:
+    lines = text.splitlines()
+    for i, line in enumerate(lines[:40]):
+        md = re.match(r"^#{1,3}\s+(.+?)\s*#*\s*$", line)
+        if md:
+            return md.group(1).strip()
+        # reST: a line underlined (and maybe overlined) with = - ~ * # characters
+        if i + 1 < len(lines) and line.strip() and re.fullmatch(r"([=\-~*#^])\1{2,}", lines[i + 1].strip()) \
+                and len(lines[i + 1].strip()) >= len(line.strip()):
+            return line.strip()
+    return None
+
+
+def read_text_file(path: Path) -> Document:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return Document(title=_heading(text) or path.stem, text=text)
+
+
+def read_jsonl_file(path: Path) -> Iterator[Document]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise FlashBackError(f"{path} line {number} is not valid JSON: {err}") from None
+            if not isinstance(record, dict):
+                raise FlashBackError(f"{path} line {number}: expected an object with a 'text' field")
+            text = record.get("text", record.get("contents"))
+            if not isinstance(text, str):
+                raise FlashBackError(f"{path} line {number}: no 'text' (or 'contents') string field")
+            yield Document(title=str(record.get("title") or ""), text=text)
+
+
+def read_documents(source: str | Path) -> Iterator[Document]:
+    """Documents from a file or a folder (recursively); see the module docstring for the formats."""
+    spec = str(source)
+    if spec.startswith("hf:"):
+        from .hf_corpus import read_hf_documents   # optional: needs the datasets package
+
+        yield from read_hf_documents(spec)
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FlashBackError(f"no such file or folder: {path}")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES | JSONL_SUFFIXES)
+        if not files:
+            raise EmptyCorpusError(f"{path} holds no .txt, .md, .rst or .jsonl files")
+    else:
+        files = [path]
+    for file in files:
+        suffix = file.suffix.lower()
+        if suffix in JSONL_SUFFIXES:
+            yield from read_jsonl_file(file)
+        elif suffix in TEXT_SUFFIXES or path.is_file():
+            yield read_text_file(file)
+
+
+def chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> list[str]:
+    """Split ``text`` into consecutive windows of ``chunk_tokens`` tokens (the last one may be shorter).
+
+    ``tokenizer=None`` splits on whitespace instead (words as tokens).
+    """
+    if chunk_tokens <= 0:
+        raise FlashBackError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    if tokenizer is None:
+        words = text.split()
+        return [" ".join(words[i:i + chunk_tokens]) for i in range(0, len(words), chunk_tokens)]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+    return [tokenizer.decode(ids[i:i + chunk_tokens], skip_special_tokens=True)
+            for i in range(0, len(ids), chunk_tokens)]
+
+
+def chunk_documents(documents: Iterable[Document], tokenizer: Any, chunk_tokens: int = 128
+                    ) -> Iterator[dict[str, Any]]:
+    """Chunk records ``{"id", "title", "contents"}`` with ids "0", "1", ... in corpus order."""
+    count = 0
+    for doc in documents:
+        for piece in chunk_text(doc.text, tokenizer, chunk_tokens):
+            if piece.strip():
+                yield {"id": str(count), "title": doc.title, "contents": piece}
+                count += 1
