@@ -45,6 +45,12 @@ from .sampling import Sampler, TextAssembler
 
 log = logging.getLogger(__name__)
 
+# A fast tokenizer keeps split_special_tokens as state on its shared Rust object, and encode_passage
+# turns it on while prompts are encoded with it off: two threads encoding at once (one engine used by
+# several threads, as the LlamaIndex / LangChain integrations allow) can get each other's setting and
+# wrong ids. Encoding is cheap, so every encode in the engine takes this one lock.
+_ENCODE_LOCK = threading.Lock()
+
 
 def as_passage(item: Any, rank: int) -> Passage:
     """Accept what user retrievers commonly return: Passage, a string, or a dict with text/contents."""
@@ -153,8 +159,9 @@ class FlashBack:
         if not isinstance(prompt, str):
             ids = [int(t) for t in prompt]
             return ids, int(bool(ids) and bos is not None and ids[0] == bos)
-        with_special = self.tokenizer(prompt).input_ids
-        plain = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        with _ENCODE_LOCK:
+            with_special = self.tokenizer(prompt).input_ids
+            plain = self.tokenizer(prompt, add_special_tokens=False).input_ids
         lead = len(with_special) - len(plain)
         if lead > 0 and with_special[lead:] == plain:
             return list(with_special), lead
@@ -283,7 +290,8 @@ class FlashBack:
             if ids is not None:
                 self._passage_ids.move_to_end(key)
                 return ids
-        ids = encode_passage(self.tokenizer, passage, self.config.doc_tokens, self.config.passage_template)
+        with _ENCODE_LOCK:
+            ids = encode_passage(self.tokenizer, passage, self.config.doc_tokens, self.config.passage_template)
         with self._lock:
             self._passage_ids[key] = ids
             while len(self._passage_ids) > 4096:

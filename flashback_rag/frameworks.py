@@ -1,0 +1,199 @@
+"""What the LlamaIndex and LangChain integrations share, so both packages stay thin.
+
+- :func:`build_engine`: one constructor for both ``FlashBackLLM`` classes (``model``, ``adapter``,
+  ``retriever``, ``config`` or its fields as keywords);
+- :func:`with_first_block`: a per-call view of an engine whose first passage block is given (the
+  nodes a query engine already retrieved) and whose later blocks come from its own retriever;
+- :func:`aiter_in_thread`: async streaming that keeps a whole generation in one thread.
+
+    >>> from flashback_rag.frameworks import build_engine, with_first_block
+    >>> from flashback_rag.retrievers import BM25Retriever, Passage
+    >>> fb = build_engine("tiny-random-llama", retriever=BM25Retriever.build(["pets purr"]), stride=4)
+    >>> fb.config.stride
+    4
+    >>> first = [Passage(id="q1", text="dogs bark"), Passage(id="q2", text="cows moo")]
+    >>> result = with_first_block(fb, first).generate("pets", max_new_tokens=8, ignore_eos=True)
+    >>> [r.passage_ids for r in result.retrievals]
+    [['q1', 'q2'], ['0']]
+
+Thread safety: a generation keeps all its state (KV cache, sampler, text) in the call, so one engine
+serves several threads or async tasks at once; they share the model (read-only forwards) and the
+tokenizer, whose encodes the engine serialises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import inspect
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from .config import FlashBackConfig, config_fields
+from .decoding import FlashBack
+from .errors import ConfigError
+from .retrievers.base import Passage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def split_config_fields(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split keyword arguments into FlashBackConfig fields and the rest."""
+    names = set(config_fields())
+    fields = {k: v for k, v in kwargs.items() if k in names}
+    return fields, {k: v for k, v in kwargs.items() if k not in names}
+
+
+def resolve_config(config: FlashBackConfig | dict[str, Any] | None = None,
+                   **fields: Any) -> FlashBackConfig:
+    """A FlashBackConfig from a config, a dict of its fields, and/or field keywords (which win)."""
+    if isinstance(config, dict):
+        config = FlashBackConfig.from_dict(config)
+    elif config is not None and not isinstance(config, FlashBackConfig):
+        raise ConfigError(f"config must be a FlashBackConfig or a dict, got {type(config).__name__}")
+    unknown = sorted(set(fields) - set(config_fields()))
+    if unknown:
+        raise ConfigError(f"unknown FlashBackConfig field(s): {', '.join(unknown)}")
+    if fields:
+        return (config or FlashBackConfig()).replace(**fields)
+    return config or FlashBackConfig()
+
+
+def from_pretrained_takes_adapter() -> bool:
+    """Whether this flashback-rag's FlashBack.from_pretrained accepts ``adapter=``."""
+    return "adapter" in inspect.signature(FlashBack.from_pretrained).parameters
+
+
+def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retriever: Any = None,
+                 config: FlashBackConfig | dict[str, Any] | None = None, device: str | None = None,
+                 dtype: str | None = None, **config_fields: Any) -> FlashBack:
+    """The engine behind a ``FlashBackLLM``.
+
+    model:     an alias, folder, .gguf file or hub id; or a ready :class:`FlashBack` (shared as is
+               unless ``retriever`` or settings are given); or a ``(model, tokenizer)`` pair.
+    adapter:   a FlashBack adapter folder, loaded onto a model given by name.
+    retriever: a flashback-rag retriever or an index folder path (framework retrievers are wrapped by
+               the integration packages before they get here).
+    """
+    if isinstance(retriever, (str, os.PathLike)):
+        from .retrievers import load_index
+
+        retriever = load_index(retriever)
+    if isinstance(model, FlashBack):
+        if adapter is not None:
+            raise ConfigError("adapter= applies when model is a name or path; this FlashBack engine "
+                              "already holds its model (load the adapter when you build it)")
+        if retriever is None and config is None and not config_fields:
+            return model
+        cfg = resolve_config(config if config is not None else model.config, **config_fields)
+        return FlashBack(model.model, model.tokenizer,
+                         retriever if retriever is not None else model.retriever, cfg)
+    cfg = resolve_config(config, **config_fields)
+    if isinstance(model, tuple) and len(model) == 2:
+        if adapter is not None:
+            raise ConfigError("adapter= applies when model is a name or path, not a (model, tokenizer) pair")
+        return FlashBack(model[0], model[1], retriever, cfg)
+    if not isinstance(model, (str, os.PathLike)):
+        raise ConfigError("model must be a name or path, a FlashBack engine or a (model, tokenizer) pair, "
+                          f"got {type(model).__name__}")
+    extra: dict[str, Any] = {}
+    if adapter is not None:
+        if not from_pretrained_takes_adapter():
+            raise ConfigError("adapter= needs a flashback-rag whose FlashBack.from_pretrained loads "
+                              "adapters; this one does not yet")
+        extra["adapter"] = adapter
+    return FlashBack.from_pretrained(str(model), retriever=retriever, config=cfg, device=device,
+                                     dtype=dtype, **extra)
+
+
+class FirstBlockRetriever:
+    """For one generation: the given passages at the first retrieval, then ``then``'s results."""
+
+    def __init__(self, passages: Sequence[Passage], then: Any = None, k: int = 1) -> None:
+        self.passages, self.then, self.k = list(passages), then, k
+        self._served = False
+
+    def retrieve(self, query: str, k: int) -> list[Passage]:
+        if not self._served:
+            self._served = True
+            return list(self.passages)
+        # k from the engine is the widened first-block count; later blocks keep the configured top_k
+        return list(self.then.retrieve(query, self.k)) if self.then is not None else []
+
+
+def with_first_block(engine: FlashBack, passages: Sequence[Passage]) -> FlashBack:
+    """A per-call copy of ``engine`` whose first passage block is ``passages`` (all of them).
+
+    The copy shares the model, tokenizer and passage memo; only its retriever and ``top_k`` differ,
+    so it is cheap and safe to make for every call. Each passage is truncated to ``doc_tokens`` like
+    any other; passages that could not fit the context window with a stride after them are dropped.
+    """
+    cfg = engine.config
+    passages = list(passages)
+    if not cfg.retrieves:
+        raise ConfigError("handing retrieved nodes to FlashBack needs pattern 'append' or 'prepend', "
+                          "not 'none'")
+    if engine.max_context is not None:
+        room = (engine.max_context - cfg.stride - 2 - 16) // cfg.doc_tokens   # 16: a minimal prompt
+        if len(passages) > max(room, cfg.top_k):
+            log.warning("only %d of %d handed-over passages fit the context window", max(room, cfg.top_k),
+                        len(passages))
+            passages = passages[:max(room, cfg.top_k)]
+    call = copy.copy(engine)
+    call.config = cfg.replace(top_k=max(cfg.top_k, len(passages)))
+    call.retriever = FirstBlockRetriever(passages, engine.retriever, cfg.top_k)
+    return call
+
+
+async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIterator[T]:
+    """Run a blocking iterator in one dedicated thread and yield its items to the event loop.
+
+    A generation must stay in one thread: torch's inference mode is per thread, and a generator resumed
+    from different executor threads (what frameworks' default async streaming does) would lose it. The
+    thread runs in a copy of the caller's context; breaking out of the loop stops the generation at its
+    next token.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancelled = threading.Event()
+    done = object()
+
+    def post(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:          # the loop closed under us: nobody is listening any more
+            cancelled.set()
+
+    def work() -> None:
+        try:
+            for item in make_iterable():
+                if cancelled.is_set():
+                    return
+                post((True, item))
+        except BaseException as err:   # re-raised in the consumer
+            post((False, err))
+            return
+        post((True, done))
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
+                              name="flashback-stream")
+    thread.start()
+    try:
+        while True:
+            ok, item = await queue.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        cancelled.set()
+
+
+__all__ = ["FirstBlockRetriever", "aiter_in_thread", "build_engine", "from_pretrained_takes_adapter",
+           "resolve_config", "split_config_fields", "with_first_block"]
