@@ -1,0 +1,27 @@
+"""LlamaIndex integration of flashback-rag: ``from llama_index.llms.flashback import FlashBackLLM``.
+
+    >>> from llama_index.llms.flashback import FlashBackLLM, FlashBackNodePostprocessor
+    >>> FlashBackLLM.class_name(), FlashBackNodePostprocessor.class_name()
+    ('FlashBackLLM', 'FlashBackNodePostprocessor')
+"""
+
+from llama_index.llms.flashback.base import FlashBackLLM, chat_template_prompt, result_summary
+from llama_index.llms.flashback.handoff import (
+    FLASHBACK_QA_PROMPT,
+    FlashBackNodePostprocessor,
+    as_flashback_query_engine,
+    hand_over,
+)
+from llama_index.llms.flashback.retrievers import (
+    FlashBackRetriever,
+    LlamaIndexPassageRetriever,
+    as_flashback_retriever,
+    node_to_passage,
+    passage_to_node,
+)
+
+__all__ = [
+    "FLASHBACK_QA_PROMPT", "FlashBackLLM", "FlashBackNodePostprocessor", "FlashBackRetriever",
+    "LlamaIndexPassageRetriever", "as_flashback_query_engine", "as_flashback_retriever",
+    "chat_template_prompt", "hand_over", "node_to_passage", "passage_to_node", "result_summary",
+]

@@ -1,0 +1,240 @@
+"""FlashBackLLM: a LlamaIndex LLM that re-retrieves while it decodes (FlashBack, arXiv 2405.04065).
+
+    >>> from flashback_rag.retrievers import BM25Retriever
+    >>> from llama_index.llms.flashback import FlashBackLLM
+    >>> bm25 = BM25Retriever.build(["Paris is the capital of France.", "Rome is in Italy."])
+    >>> llm = FlashBackLLM("tiny-random-llama", retriever=bm25, stride=4, max_new_tokens=8,
+    ...                    ignore_eos=True)
+    >>> response = llm.complete("The capital of France")
+    >>> len(response.raw.token_ids), len(response.raw.retrievals)   # raw: the GenerationResult
+    (8, 2)
+
+Every ``stride`` generated tokens it retrieves with the last ``query_tokens`` tokens and appends the
+passages after the running text (``pattern="append"``, FlashBack), or prepends them and recomputes
+(``pattern="prepend"``, the In-Context RALM baseline). The retriever may be any LlamaIndex retriever
+(``index.as_retriever()``), a LlamaIndex index, a flashback-rag retriever or an index folder.
+
+Concurrency: each call keeps its own state (KV cache, sampler, text), so one FlashBackLLM serves
+several threads or asyncio tasks at once (async calls run the generation in a worker thread, one
+thread per generation); they share the model's weights read-only. ``last_result`` is simply the
+most recent call to finish; with concurrent calls read each response's ``raw`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, Dict, List, Optional, Sequence
+
+from llama_index.core.base.llms.generic_utils import (
+    astream_completion_response_to_chat_response,
+    completion_response_to_chat_response,
+)
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+
+from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
+from flashback_rag.frameworks import aiter_in_thread, build_engine, split_config_fields, with_first_block
+
+from .handoff import pending_passages
+from .retrievers import as_flashback_retriever
+
+log = logging.getLogger(__name__)
+
+# Per-call keyword arguments that reach FlashBack.generate (sample_top_k is its top_k: the name
+# top_k belongs to FlashBackConfig, passages per retrieval).
+CALL_KEYS = ("max_new_tokens", "temperature", "top_p", "sample_top_k", "seed", "stop", "ignore_eos",
+             "use_cache")
+
+
+def result_summary(result: GenerationResult) -> Dict[str, Any]:
+    """JSON-friendly facts about a generation, for ``additional_kwargs``."""
+    return {
+        "finish_reason": result.finish_reason,
+        "generated_tokens": result.stats.generated_tokens,
+        "retrievals": [{"step": r.step, "query": r.query, "passage_ids": r.passage_ids,
+                        "titles": [p.title for p in r.passages], "error": r.error}
+                       for r in result.retrievals],
+        "seconds": result.stats.total_seconds,
+    }
+
+
+def chat_template_prompt(tokenizer) -> Any:
+    """messages_to_prompt through the tokenizer's own chat template (None when it has none)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def messages_to_prompt(messages: Sequence[ChatMessage]) -> str:
+        turns = [{"role": m.role.value, "content": m.content or ""} for m in messages]
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+    return messages_to_prompt
+
+
+class FlashBackLLM(CustomLLM):
+    """A LlamaIndex LLM backed by a FlashBack engine.
+
+    Args:
+        model: alias (``smollm2-135m``, ``tiny-random-llama``), folder, .gguf file or hub id; or a
+            ready ``FlashBack`` engine, or a ``(model, tokenizer)`` pair.
+        adapter: a FlashBack adapter (LoRA + marker embeddings) to load onto ``model``.
+        retriever: what to re-retrieve from while decoding (see the module docstring).
+        config: a ``FlashBackConfig``; its fields may also be given as keywords (``pattern``,
+            ``stride``, ``query_tokens``, ``doc_tokens``, ``top_k`` = passages per retrieval...).
+        max_new_tokens: tokens to generate per call (also LlamaIndex's ``num_output``).
+        temperature, top_p, sample_top_k, seed: sampling (greedy by default).
+        stop: stop strings; ignore_eos: keep going past EOS.
+        is_chat_model: route query engines through ``chat`` (the tokenizer's chat template).
+    """
+
+    model: str = Field(description="The model: alias, folder, .gguf file or hub id.")
+    adapter: Optional[str] = Field(default=None, description="FlashBack adapter folder.")
+    retriever: Any = Field(default=None, exclude=True, description="Retriever used while decoding.")
+    config: Any = Field(default=None, exclude=True, description="The FlashBackConfig in use.")
+    max_new_tokens: int = Field(default=256, gt=0, description="Tokens to generate per call.")
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    sample_top_k: int = Field(default=0, ge=0, description="Sampling top-k (0: off).")
+    seed: Optional[int] = Field(default=None)
+    stop: Optional[List[str]] = Field(default=None, description="Stop strings.")
+    ignore_eos: bool = Field(default=False)
+    is_chat_model: bool = Field(default=False)
+    device: Optional[str] = Field(default=None)
+    dtype: Optional[str] = Field(default=None)
+
+    _engine: FlashBack = PrivateAttr()
+    _last_result: Optional[GenerationResult] = PrivateAttr(default=None)
+
+    def __init__(self, model: Any, *, adapter: Optional[str | os.PathLike] = None, retriever: Any = None,
+                 config: FlashBackConfig | Dict[str, Any] | None = None, max_new_tokens: int = 256,
+                 device: Optional[str] = None, dtype: Optional[str] = None, **kwargs: Any) -> None:
+        fields, rest = split_config_fields(kwargs)
+        engine = build_engine(model, adapter=adapter, retriever=as_flashback_retriever(retriever),
+                              config=config, device=device, dtype=dtype, **fields)
+        if isinstance(model, (str, os.PathLike)):
+            name = str(model)
+        else:
+            name = getattr(engine.model.config, "name_or_path", "") or engine.model.config.model_type
+        if rest.get("messages_to_prompt") is None:
+            rest["messages_to_prompt"] = chat_template_prompt(engine.tokenizer)
+        super().__init__(model=name, adapter=None if adapter is None else str(adapter),
+                         retriever=retriever, config=engine.config, max_new_tokens=max_new_tokens,
+                         device=device, dtype=dtype, **rest)
+        self._engine = engine
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FlashBackLLM"
+
+    @property
+    def engine(self) -> FlashBack:
+        """The FlashBack engine (model, tokenizer, retriever, config)."""
+        return self._engine
+
+    @property
+    def last_result(self) -> Optional[GenerationResult]:
+        """The GenerationResult of the most recent call to finish (retrievals, timings, slides)."""
+        return self._last_result
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        engine, cfg = self._engine, self._engine.config
+        # LlamaIndex packs prompts into context_window - num_output; keep room for one passage block.
+        window = engine.max_context or 4096
+        return LLMMetadata(context_window=max(window - cfg.max_block_tokens, 1),
+                           num_output=self.max_new_tokens, model_name=self.model,
+                           is_chat_model=self.is_chat_model)
+
+    # ------------------------------------------------------------------------ one call
+    def _prepare(self, prompt: str, formatted: bool, kwargs: Dict[str, Any]):
+        """The engine for this call (with handed-over nodes as its first block), prompt and settings.
+
+        Runs in the caller's context (not in a worker thread) so it sees the nodes a
+        FlashBackNodePostprocessor handed over in this query.
+        """
+        if not formatted:
+            prompt = self.completion_to_prompt(prompt)
+        unknown = sorted(set(kwargs) - set(CALL_KEYS))
+        if unknown:
+            log.debug("FlashBackLLM ignores keyword arguments %s", unknown)
+        get = lambda key: kwargs[key] if key in kwargs else getattr(self, key)   # noqa: E731
+        settings = dict(max_new_tokens=get("max_new_tokens"), temperature=get("temperature"),
+                        top_p=get("top_p"), top_k=get("sample_top_k"), seed=get("seed"),
+                        stop=get("stop"), ignore_eos=get("ignore_eos"),
+                        use_cache=kwargs.get("use_cache", True))
+        engine = self._engine
+        passages = pending_passages(prompt)
+        if passages:
+            engine = with_first_block(engine, passages)
+        return engine, prompt, settings
+
+    def _finish(self, result: GenerationResult) -> CompletionResponse:
+        self._last_result = result
+        return CompletionResponse(text=result.text, raw=result, additional_kwargs=result_summary(result))
+
+    def _responses(self, engine: FlashBack, prompt: str, settings: Dict[str, Any]) -> CompletionResponseGen:
+        """Stream CompletionResponses; the last one also carries the GenerationResult as ``raw``."""
+        stream = engine.stream(prompt, **settings)
+        text, held = "", None
+        for delta in stream:
+            if held is not None:   # hold one delta back so the last response can carry the result
+                text += held
+                yield CompletionResponse(text=text, delta=held)
+            held = delta
+        result = stream.result
+        self._last_result = result
+        text += held or ""
+        yield CompletionResponse(text=text, delta=held or "", raw=result,
+                                 additional_kwargs=result_summary(result))
+
+    # ------------------------------------------------------------------------ LlamaIndex API
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
+        return self._finish(engine.generate(prompt, **settings))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        # Not a generator function: the set-up (and the hand-over lookup) happens now, in this context.
+        engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
+        return self._responses(engine, prompt, settings)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
+        result = await asyncio.to_thread(engine.generate, prompt, **settings)
+        return self._finish(result)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            async for response in aiter_in_thread(lambda: self._responses(engine, prompt, settings)):
+                yield response
+
+        return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        prompt = self.messages_to_prompt(messages)
+        return completion_response_to_chat_response(await self.acomplete(prompt, formatted=True, **kwargs))
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        prompt = self.messages_to_prompt(messages)
+        responses = await self.astream_complete(prompt, formatted=True, **kwargs)
+        return astream_completion_response_to_chat_response(responses)
