@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from .config import FlashBackConfig, config_fields
 from .decoding import FlashBack
 from .errors import ConfigError
+from .results import GenerationResult
 from .retrievers.base import Passage
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,18 @@ def with_first_block(engine: FlashBack, passages: Sequence[Passage]) -> FlashBac
     return call
 
 
+def result_summary(result: GenerationResult) -> dict[str, Any]:
+    """JSON-friendly facts about a generation (finish reason, retrievals, time) for framework metadata."""
+    return {
+        "finish_reason": result.finish_reason,
+        "generated_tokens": result.stats.generated_tokens,
+        "retrievals": [{"step": r.step, "query": r.query, "passage_ids": r.passage_ids,
+                        "titles": [p.title for p in r.passages], "error": r.error}
+                       for r in result.retrievals],
+        "seconds": result.stats.total_seconds,
+    }
+
+
 async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIterator[T]:
     """Run a blocking iterator in one dedicated thread and yield its items to the event loop.
 
@@ -196,4 +209,4 @@ async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIter
 
 
 __all__ = ["FirstBlockRetriever", "aiter_in_thread", "build_engine", "from_pretrained_takes_adapter",
-           "resolve_config", "split_config_fields", "with_first_block"]
+           "resolve_config", "result_summary", "split_config_fields", "with_first_block"]

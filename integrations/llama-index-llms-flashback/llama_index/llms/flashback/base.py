@@ -46,7 +46,13 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 
 from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
-from flashback_rag.frameworks import aiter_in_thread, build_engine, split_config_fields, with_first_block
+from flashback_rag.frameworks import (
+    aiter_in_thread,
+    build_engine,
+    result_summary,
+    split_config_fields,
+    with_first_block,
+)
 
 from .handoff import pending_passages
 from .retrievers import as_flashback_retriever
@@ -57,18 +63,6 @@ log = logging.getLogger(__name__)
 # top_k belongs to FlashBackConfig, passages per retrieval).
 CALL_KEYS = ("max_new_tokens", "temperature", "top_p", "sample_top_k", "seed", "stop", "ignore_eos",
              "use_cache")
-
-
-def result_summary(result: GenerationResult) -> Dict[str, Any]:
-    """JSON-friendly facts about a generation, for ``additional_kwargs``."""
-    return {
-        "finish_reason": result.finish_reason,
-        "generated_tokens": result.stats.generated_tokens,
-        "retrievals": [{"step": r.step, "query": r.query, "passage_ids": r.passage_ids,
-                        "titles": [p.title for p in r.passages], "error": r.error}
-                       for r in result.retrievals],
-        "seconds": result.stats.total_seconds,
-    }
 
 
 def chat_template_prompt(tokenizer) -> Any:

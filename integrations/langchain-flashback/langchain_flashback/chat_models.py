@@ -1,0 +1,118 @@
+"""ChatFlashBack: FlashBack as a LangChain chat model, through the tokenizer's own chat template.
+
+    >>> from flashback_rag.retrievers import BM25Retriever
+    >>> from langchain_flashback import ChatFlashBack
+    >>> bm25 = BM25Retriever.build(["Paris is the capital of France."])
+    >>> chat = ChatFlashBack(model="tiny-random-llama", retriever=bm25, stride=4, max_new_tokens=6,
+    ...                      ignore_eos=True)
+    >>> reply = chat.invoke([("system", "Be brief."), ("human", "Capital of France?")])
+    >>> reply.type, len(chat.last_result.token_ids)
+    ('ai', 6)
+
+Tokenizers without a chat template (the tiny random models) get ``role: content`` lines and a final
+``assistant:``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Dict, List, Optional
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
+from flashback_rag.frameworks import aiter_in_thread, result_summary
+
+from .llms import FlashBackEngineMixin
+
+ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+
+
+def messages_to_prompt(tokenizer, messages: List[BaseMessage]) -> str:
+    """The prompt for ``messages``: the tokenizer's chat template with a generation prompt."""
+    turns = [{"role": getattr(m, "role", None) or ROLES.get(m.type, m.type), "content": m.text}
+             for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"
+
+
+class ChatFlashBack(FlashBackEngineMixin, BaseChatModel):
+    """A LangChain chat model backed by a FlashBack engine; same constructor as ``FlashBackLLM``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str
+    adapter: Optional[str] = None
+    retriever: Any = Field(default=None, exclude=True)
+    config: Any = Field(default=None, exclude=True)
+    max_new_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    sample_top_k: int = Field(default=0, ge=0)
+    seed: Optional[int] = None
+    stop: Optional[List[str]] = None
+    ignore_eos: bool = False
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+
+    _engine: FlashBack = PrivateAttr()
+    _last_result: Optional[GenerationResult] = PrivateAttr(default=None)
+
+    def __init__(self, model: Any = None, *, adapter: Optional[str | os.PathLike] = None,
+                 retriever: Any = None, config: FlashBackConfig | Dict[str, Any] | None = None,
+                 max_new_tokens: int = 256, device: Optional[str] = None, dtype: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        engine, name, rest = self._build(model, adapter, retriever, config, device, dtype, kwargs)
+        super().__init__(model=name, adapter=None if adapter is None else str(adapter), retriever=retriever,
+                         config=engine.config, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
+                         **rest)
+        self._engine = engine
+
+    @property
+    def _llm_type(self) -> str:
+        return "flashback-chat"
+
+    @property
+    def _identifying_params(self) -> Dict[str, Any]:
+        return self._params()
+
+    def _generate(self, messages: List[BaseMessage], stop: Optional[List[str]] = None,
+                  run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> ChatResult:
+        result = self._run(messages_to_prompt(self._engine.tokenizer, messages), stop, kwargs)
+        info = result_summary(result)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=result.text),
+                                                      generation_info=info)])
+
+    async def _agenerate(self, messages: List[BaseMessage], stop: Optional[List[str]] = None,
+                         run_manager: Optional[AsyncCallbackManagerForLLMRun] = None,
+                         **kwargs: Any) -> ChatResult:
+        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+
+    def _stream(self, messages: List[BaseMessage], stop: Optional[List[str]] = None,
+                run_manager: Optional[CallbackManagerForLLMRun] = None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        prompt = messages_to_prompt(self._engine.tokenizer, messages)
+        for delta, result in self._deltas(prompt, stop, kwargs):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta),
+                                        generation_info=result_summary(result) if result else None)
+            if run_manager and delta:
+                run_manager.on_llm_new_token(delta, chunk=chunk)
+            yield chunk
+
+    async def _astream(self, messages: List[BaseMessage], stop: Optional[List[str]] = None,
+                       run_manager: Optional[AsyncCallbackManagerForLLMRun] = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        prompt = messages_to_prompt(self._engine.tokenizer, messages)
+        async for delta, result in aiter_in_thread(lambda: self._deltas(prompt, stop, kwargs)):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta),
+                                        generation_info=result_summary(result) if result else None)
+            if run_manager and delta:
+                await run_manager.on_llm_new_token(delta, chunk=chunk)
+            yield chunk
