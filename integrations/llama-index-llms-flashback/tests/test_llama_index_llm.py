@@ -251,3 +251,21 @@ def test_postprocessor_hands_nodes_over_as_the_first_block(tiny_engine):
     # a direct call about something else does not pick the nodes up
     other = llm.complete("Unrelated prompt")
     assert not {p.text for p in other.raw.retrievals[0].passages} & set(texts)
+
+
+def test_hand_over_reaches_streaming_and_async_queries(tiny_engine):
+    llm = FlashBackLLM(tiny_engine, max_new_tokens=8, ignore_eos=True)
+    texts = ["Owls hunt at night.", "Bats hunt at dusk."]
+    index = SummaryIndex.from_documents([Document(text=t) for t in texts])
+    question = "When do owls hunt?"
+    sync = as_flashback_query_engine(index, llm, response_mode="simple_summarize").query(question)
+    stream = as_flashback_query_engine(index, llm, response_mode="simple_summarize", streaming=True).query(question)
+    assert "".join(stream.response_gen) == sync.response
+    assert [p.text for p in llm.last_result.retrievals[0].passages] == texts
+
+    async def run():
+        engine = as_flashback_query_engine(index, llm, response_mode="simple_summarize")
+        return await asyncio.gather(engine.aquery(question), engine.aquery("Unrelated: bats?"))
+
+    same, other = asyncio.run(run())
+    assert same.response == sync.response and other.response != sync.response
