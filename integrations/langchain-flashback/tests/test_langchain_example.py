@@ -1,0 +1,19 @@
+"""examples/langchain_chain.py runs (its --fast variant), streams and re-retrieves."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "langchain_chain.py"
+
+
+@pytest.mark.integration
+def test_example_runs_fast(capsys, smollm2_model):
+    spec = importlib.util.spec_from_file_location("langchain_chain_example", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = example.main(["--fast"], model=smollm2_model)
+    printed = capsys.readouterr().out
+    assert out["answer"].strip() and out["retrievals"] == 2 and out["chunks"] > 1
+    assert "passage blocks while decoding" in printed and "tokens in" in printed
