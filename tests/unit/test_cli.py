@@ -37,6 +37,8 @@ def test_generate_json_and_stream(index_dir, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--model", "no-such-model", "--pattern", "none", "hi"], "unknown model 'no-such-model'"),
+    (["generate", "--model", "nobody-owns/this-model-xyz", "--pattern", "none", "hi"], "this-model-xyz"),
+    (["generate", "--model", "/nonexistent/model.gguf", "--pattern", "none", "hi"], "no such GGUF file"),
     (["generate", "--model", "tiny-random-llama", "--index", "/nonexistent/idx", "hi"], "no index folder"),
     (["generate", "--model", "tiny-random-llama", "hi"], "needs --index"),
     (["generate", "--model", "tiny-random-llama", "--stride", "0", "--pattern", "none", "hi"], "stride must be"),
