@@ -20,7 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .corpus import chunk_documents, read_documents
-from .errors import EmptyCorpusError
+from .errors import EmptyCorpusError, FlashBackError
 from .retrievers.index_folder import read_manifest
 from .retrievers.registry import get_backend
 
@@ -51,6 +51,8 @@ def build_index(source: str | Path, out: str | Path, backend: str = "bm25", chun
                 tokenizer: str | None = "smollm2-135m", show_progress: bool = False,
                 **backend_options: Any) -> dict[str, Any]:
     """Chunk ``source`` and build a ``backend`` index in ``out``; return the manifest."""
+    if not str(source).startswith("hf:") and not Path(source).expanduser().exists():
+        raise FlashBackError(f"no such file or folder: {source}")
     tok = load_tokenizer(tokenizer)
     chunks = chunk_documents(read_documents(source), tok, chunk_tokens)
     if show_progress:
