@@ -46,7 +46,7 @@ def check_re_retrieval(result, topics):
     assert result.text[:8].strip() in result.retrievals[1].query
 
 
-def test_standard_query_engine_sync_stream_async(index, llm, python_docs):
+def test_standard_query_engine_sync_and_streaming(index, llm, python_docs):
     topics = [t for t, _ in python_docs]
     response = index.as_query_engine(llm=llm, similarity_top_k=1).query(QUESTION)
     result = llm.last_result
@@ -57,11 +57,6 @@ def test_standard_query_engine_sync_stream_async(index, llm, python_docs):
     streaming = index.as_query_engine(llm=llm, similarity_top_k=1, streaming=True).query(QUESTION)
     deltas = list(streaming.response_gen)
     assert len(deltas) > 1 and "".join(deltas) == response.response
-
-    async def run():
-        return await index.as_query_engine(llm=llm, similarity_top_k=1).aquery(QUESTION)
-
-    assert asyncio.run(run()).response == response.response
 
 
 def test_flashback_layout_hands_the_nodes_over(index, llm, python_docs):
