@@ -94,22 +94,25 @@ def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retrie
         cfg = resolve_config(config if config is not None else model.config, **config_fields)
         return FlashBack(model.model, model.tokenizer,
                          retriever if retriever is not None else model.retriever, cfg)
-    cfg = resolve_config(config, **config_fields)
     if isinstance(model, tuple) and len(model) == 2:
         if adapter is not None:
             raise ConfigError("adapter= applies when model is a name or path, not a (model, tokenizer) pair")
-        return FlashBack(model[0], model[1], retriever, cfg)
+        return FlashBack(model[0], model[1], retriever, resolve_config(config, **config_fields))
     if not isinstance(model, (str, os.PathLike)):
         raise ConfigError("model must be a name or path, a FlashBack engine or a (model, tokenizer) pair, "
                           f"got {type(model).__name__}")
+    resolve_config(config, **config_fields)            # fail on a bad setting before loading a model
+    if isinstance(config, dict):
+        config = FlashBackConfig.from_dict(config)
     extra: dict[str, Any] = {}
     if adapter is not None:
         if not from_pretrained_takes_adapter():
             raise ConfigError("adapter= needs a flashback-rag whose FlashBack.from_pretrained loads "
                               "adapters; this one does not yet")
-        extra["adapter"] = adapter
-    return FlashBack.from_pretrained(str(model), retriever=retriever, config=cfg, device=device,
-                                     dtype=dtype, **extra)
+        extra["adapter"] = str(adapter)
+    # config and fields go through as given, so an adapter's recorded settings stay the defaults.
+    return FlashBack.from_pretrained(str(model), retriever=retriever, config=config, device=device,
+                                     dtype=dtype, **extra, **config_fields)
 
 
 class FirstBlockRetriever:
