@@ -18,7 +18,8 @@ for path in (ROOT, HERE / "llama-index-llms-flashback", HERE / "langchain-flashb
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-collect_ignore_glob = ["llama-index-llms-flashback/llama_index/*"]
+# build/ holds copies of the sources after a wheel build; collect the sources only.
+collect_ignore_glob = ["llama-index-llms-flashback/llama_index/*", "*/build/*"]
 
 import pytest  # noqa: E402
 

@@ -167,10 +167,11 @@ def test_retriever_adapters_both_ways_in_a_rag_chain(tiny_engine):
     lc = FlashBackRetriever(retriever=bm25, k=1)
     docs = lc.invoke("capital of Italy")
     assert [d.metadata["title"] for d in docs] == ["Italy"]
-    assert [p.text for p in LangChainPassageRetriever(lc).retrieve("capital of Italy", 1)] == [docs[0].page_content]
+    back = LangChainPassageRetriever(lc).retrieve("capital of Italy", 1)
+    assert [p.text for p in back] == [docs[0].page_content]
     # A RAG chain whose retriever is also the LLM's re-retriever (through the LangChain adapter).
-    llm = FlashBackLLM(model=(tiny_engine.model, tiny_engine.tokenizer), retriever=LangChainPassageRetriever(lc),
-                       stride=4, max_new_tokens=8, ignore_eos=True)
+    llm = FlashBackLLM(model=(tiny_engine.model, tiny_engine.tokenizer),
+                       retriever=LangChainPassageRetriever(lc), stride=4, max_new_tokens=8, ignore_eos=True)
     prompt = PromptTemplate.from_template("{context}\nQuestion: {question}\nAnswer:")
     rag = ({"context": lc | (lambda ds: "\n".join(d.page_content for d in ds)),
             "question": RunnablePassthrough()} | prompt | llm | StrOutputParser())

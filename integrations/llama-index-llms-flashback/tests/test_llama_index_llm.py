@@ -12,7 +12,7 @@ from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugH
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.llm import LLMCompletionEndEvent, LLMCompletionStartEvent
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import NodeWithScore, TextNode
 
 from flashback_rag import FlashBackConfig
 from flashback_rag.errors import ConfigError, RetrievalError
@@ -259,7 +259,8 @@ def test_hand_over_reaches_streaming_and_async_queries(tiny_engine):
     index = SummaryIndex.from_documents([Document(text=t) for t in texts])
     question = "When do owls hunt?"
     sync = as_flashback_query_engine(index, llm, response_mode="simple_summarize").query(question)
-    stream = as_flashback_query_engine(index, llm, response_mode="simple_summarize", streaming=True).query(question)
+    stream = as_flashback_query_engine(index, llm, response_mode="simple_summarize",
+                                       streaming=True).query(question)
     assert "".join(stream.response_gen) == sync.response
     assert [p.text for p in llm.last_result.retrievals[0].passages] == texts
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any, Dict, List, Optional, Sequence
 
 from llama_index.core.base.llms.generic_utils import (
