@@ -24,7 +24,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, field_serializer
 
 from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
 from flashback_rag.frameworks import aiter_in_thread, result_summary
@@ -51,7 +51,7 @@ class ChatFlashBack(FlashBackEngineMixin, BaseChatModel):
     model: str
     adapter: Optional[str] = None
     retriever: Any = Field(default=None, exclude=True)
-    config: Any = Field(default=None, exclude=True)
+    config: Any = Field(default=None)
     max_new_tokens: int = Field(default=256, gt=0)
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -64,6 +64,10 @@ class ChatFlashBack(FlashBackEngineMixin, BaseChatModel):
 
     _engine: FlashBack = PrivateAttr()
     _last_result: Optional[GenerationResult] = PrivateAttr(default=None)
+
+    @field_serializer("config")
+    def _config_as_dict(self, config: Any) -> Optional[Dict[str, Any]]:
+        return config.to_dict() if isinstance(config, FlashBackConfig) else config
 
     def __init__(self, model: Any = None, *, adapter: Optional[str | os.PathLike] = None,
                  retriever: Any = None, config: FlashBackConfig | Dict[str, Any] | None = None,

@@ -154,6 +154,7 @@ def test_constructor_keywords_and_identifying_params(tiny_engine):
     params = a._identifying_params
     assert params["stride"] == 8 and params["top_k"] == 2 and params["max_new_tokens"] == 5
     assert a._llm_type == "flashback"
+    assert a.model_dump()["config"]["stride"] == 8
     with pytest.raises(ConfigError, match="needs a retriever"):
         FlashBackLLM(model=pair)
     with pytest.raises(ConfigError, match="adapter"):

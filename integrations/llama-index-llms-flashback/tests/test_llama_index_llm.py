@@ -190,6 +190,7 @@ def test_constructor_keywords_and_config(tiny_engine):
                      config=FlashBackConfig(stride=8, top_k=2), max_new_tokens=5)
     assert a.engine.config == b.engine.config and a.engine.config.stride == 8 and a.max_new_tokens == 5
     assert a.complete("x").text == b.complete("x").text
+    assert a.to_dict()["config"]["stride"] == 8              # settings survive serialisation
     with pytest.raises(ConfigError, match="needs a retriever"):
         FlashBackLLM(model_tok)
     with pytest.raises(ConfigError, match="stride"):

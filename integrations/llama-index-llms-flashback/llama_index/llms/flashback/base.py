@@ -40,7 +40,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
@@ -95,7 +95,7 @@ class FlashBackLLM(CustomLLM):
     model: str = Field(description="The model: alias, folder, .gguf file or hub id.")
     adapter: Optional[str] = Field(default=None, description="FlashBack adapter folder.")
     retriever: Any = Field(default=None, exclude=True, description="Retriever used while decoding.")
-    config: Any = Field(default=None, exclude=True, description="The FlashBackConfig in use.")
+    config: Any = Field(default=None, description="The FlashBackConfig in use.")
     max_new_tokens: int = Field(default=256, gt=0, description="Tokens to generate per call.")
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -109,6 +109,10 @@ class FlashBackLLM(CustomLLM):
 
     _engine: FlashBack = PrivateAttr()
     _last_result: Optional[GenerationResult] = PrivateAttr(default=None)
+
+    @field_serializer("config")
+    def _config_as_dict(self, config: Any) -> Optional[Dict[str, Any]]:
+        return config.to_dict() if isinstance(config, FlashBackConfig) else config
 
     def __init__(self, model: Any, *, adapter: Optional[str | os.PathLike] = None, retriever: Any = None,
                  config: FlashBackConfig | Dict[str, Any] | None = None, max_new_tokens: int = 256,
