@@ -25,6 +25,7 @@ from .errors import FlashBackError
 # Modules that add sub-commands: each defines add_commands(subparsers) -> None.
 COMMAND_MODULES: list[str] = [
     "flashback_rag.demo",
+    "flashback_rag.retrieve",
 ]
 
 
@@ -98,8 +99,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_index_build(args: argparse.Namespace) -> int:
     from .indexing import build_index
 
+    # Back-end options: only those given on the command line (build_index rejects foreign ones).
+    options = {name: getattr(args, name) for name in ("threads", "embedder", "index_type", "nlist", "batch_size")
+               if getattr(args, name) is not None}
     manifest = build_index(args.input, args.out, backend=args.backend, chunk_tokens=args.chunk_tokens,
-                           tokenizer=args.tokenizer, show_progress=not args.quiet)
+                           tokenizer=args.tokenizer, show_progress=not args.quiet, **options)
     print(f"built {manifest['backend']} index with {manifest['num_chunks']} chunks in {args.out}")
     return 0
 
@@ -150,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--tokenizer", default="smollm2-135m",
                        help="tokenizer that counts chunk tokens: model alias/folder/id, or 'words'")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument("--threads", type=int, help="lucene: indexing threads")
+    build.add_argument("--embedder", help="dense: sentence-transformers model (default all-MiniLM-L6-v2)")
+    build.add_argument("--index-type", help="dense: flat (default), hnsw or ivf")
+    build.add_argument("--nlist", type=int, help="dense ivf: number of inverted lists")
+    build.add_argument("--batch-size", type=int, help="dense: encoding batch size")
     build.set_defaults(func=_cmd_index_build)
     search = isub.add_parser("search", help="query an index folder")
     search.add_argument("index")
