@@ -15,7 +15,7 @@ batches and written with the position (format: :mod:`flashback_rag.retrieval_rec
     >>> docs = list(retrieve_documents(r, [Document("Pets", "my dog will bark all night long")],
     ...                                tokenizer=None, stride=3, query_tokens=3, top_k=1))
     >>> [(p.position, p.query, p.passages[0].title) for p in docs[0].points]
-    [(3, 'my dog will', 'Dogs'), (6, 'all night long', 'Dogs')]
+    [(3, 'my dog will', 'Dogs'), (6, 'bark all night', 'Dogs')]
 """
 
 from __future__ import annotations

@@ -165,3 +165,19 @@ def test_java_home_checks(tmp_path, monkeypatch):
     assert "Java 8" in jvm.check_java_home(old)
     (old / "release").write_text('JAVA_VERSION="17.0.9"\n')
     assert jvm.check_java_home(old) is None
+
+
+def test_hybrid_fuses_and_filters(bm25_index):
+    from flashback_rag.retrievers import HybridRetriever
+
+    a = load_index(bm25_index)
+    chunks = [json.loads(line) for line in (bm25_index / "chunks.jsonl").read_text().splitlines()]
+    b = BM25Retriever.build([c["contents"] for c in chunks], titles=[c["title"] for c in chunks],
+                            ids=[c["id"] for c in chunks], stemmer=None)
+    hybrid = HybridRetriever([a, b])
+    query = "context manager __enter__ __exit__ with statement"
+    top = hybrid.retrieve_batch([query, "while loop"], 3)
+    assert top[0][0].id == a.retrieve(query, 1)[0].id and top[1][0].title == "while"
+    assert top[0][0].score == pytest.approx(2 / 61)            # first in both lists
+    hybrid.set_forbidden_titles({"with"})
+    assert all(p.title != "with" for p in hybrid.retrieve(query, 5))
