@@ -118,12 +118,12 @@ def measure(name: str, chunks: list[dict], queries: list[tuple[str, str]], workd
         retriever.retrieve(text, 10)
     single_s = time.perf_counter() - started
     hits = sum(1 for (cid, _), found in zip(queries, results) if found and found[0].id == cid)
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if name != "hybrid" else None
     return {"config": name, "backend": backend, "options": options, "chunks": len(chunks),
             "build_s": build_s, "load_s": round(load_s, 2),
             "qps_batched": round(len(texts) / batch_s, 1), "qps_single": round(len(single) / single_s, 1),
             "recall_at_1": round(hits / len(queries), 4), "queries": len(queries),
-            "index_mb": round(size / 2**20, 1)}
+            "index_mb": None if size is None else round(size / 2**20, 1)}
 
 
 def markdown(report: dict) -> str:
@@ -134,7 +134,7 @@ def markdown(report: dict) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["results"]:
         lines.append(f"| {r['config']} | {'-' if r['build_s'] is None else r['build_s']} | {r['load_s']} | {r['qps_batched']} | {r['qps_single']} "
-                     f"| {r['recall_at_1']:.3f} | {r['index_mb']} |")
+                     f"| {r['recall_at_1']:.3f} | {'-' if r['index_mb'] is None else r['index_mb']} |")
     lines += ["", f"recall@1: {report['queries']} chunks drawn with seed 0, each queried by a 24-word span from its "
               "middle; the source chunk must come first (a sanity check, not a quality claim). Top-10 retrieved.",
               "Build time excludes chunking and the embedder's load; Lucene's includes its JVM start. "
@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-chunks", type=int, default=None)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--out", type=Path, default=RESULTS / "retrieval")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite OUT.md from OUT.json and stop")
     args = parser.parse_args(argv)
+    if args.markdown_only:
+        atomic_write_text(args.out.with_suffix(".md"), markdown(json.loads(args.out.with_suffix(".json").read_text())))
+        return 0
 
     docs = corpus_documents(args.corpus)
     chunks = list(chunk_documents(docs, load_tokenizer(args.tokenizer), args.chunk_tokens))
@@ -168,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
     report = {"corpus": args.corpus, "documents": len(docs), "chunks": len(chunks), "tokenizer": args.tokenizer,
               "chunk_tokens": args.chunk_tokens, "queries": len(queries),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+                         f"load average {os.getloadavg()[0]:.1f} at the end (other jobs share the CPU)",
               "command": "python benchmarks/retrieval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "results": results}
     atomic_write_json(args.out.with_suffix(".json"), report)

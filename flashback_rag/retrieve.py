@@ -27,6 +27,7 @@ from typing import Any
 
 from .corpus import Document, read_documents
 from .errors import ConfigError, FlashBackError
+from .retrievers.base import retrieve_batch
 from .retrieval_records import RecordDocument, RetrievalPoint, retrieval_positions, write_records
 
 
@@ -66,8 +67,6 @@ def retrieve_documents(retriever: Any, documents: Iterable[Document], tokenizer:
             queries = [_decode(tokens[j:i], tokenizer) for j, i in zip(starts, positions)]
             if exclude_own_title and document.title:
                 retriever.set_forbidden_titles(base_forbidden | {document.title})
-            from .retrievers.base import retrieve_batch
-
             passages: list[list[Any]] = []
             for at in range(0, len(queries), batch_size):
                 passages.extend(retrieve_batch(retriever, queries[at:at + batch_size], top_k))
