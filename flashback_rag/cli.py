@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="flashback: %(levelname)s: %(message)s")
     if not args.verbose:
         # transformers and friends are chatty; a user error should read as one line.
-        for noisy in ("transformers", "bm25s", "sentence_transformers", "httpx"):
+        for noisy in ("transformers", "bm25s", "sentence_transformers", "httpx", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)

@@ -125,14 +125,15 @@ class FlashBack:
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                  stop: Sequence[str] | str | None = None, ignore_eos: bool = False,
-                 use_cache: bool = True) -> GenerationResult:
+                 use_cache: bool = True, output_scores: bool = False) -> GenerationResult:
         """Generate a continuation of ``prompt`` (text, or token ids). Greedy unless temperature > 0.
 
         ``use_cache=False`` is the reference mode: it recomputes the whole logical context at every
-        token and must give the same tokens as the cached loop.
+        token and must give the same tokens as the cached loop. ``output_scores=True`` keeps each step's
+        next-token logits (float32, on the CPU) in ``result.scores``.
         """
         events = self._decode(prompt, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                              ignore_eos, use_cache, want_text=bool(stop))
+                              ignore_eos, use_cache, want_text=bool(stop), output_scores=output_scores)
         while True:
             try:
                 next(events)
@@ -162,7 +163,7 @@ class FlashBack:
 
     # ------------------------------------------------------------------------ the loop
     def _decode(self, prompt, max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos,
-                use_cache, want_text) -> Iterator[str]:
+                use_cache, want_text, output_scores=False) -> Iterator[str]:
         cfg = self.config
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
@@ -208,6 +209,8 @@ class FlashBack:
                     logits[self._banned_ids] = float("-inf")
                 if logits.shape[-1] > self._vocab_size:
                     logits[self._vocab_size:] = float("-inf")
+                if output_scores:
+                    result.scores.append(logits.float().cpu())
                 token = sampler(logits)
                 if token == eos:
                     result.finish_reason = "eos"

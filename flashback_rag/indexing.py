@@ -21,7 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .corpus import chunk_documents, read_documents
-from .errors import ConfigError, EmptyCorpusError
+from .errors import ConfigError, EmptyCorpusError, FlashBackError
 from .retrievers.index_folder import read_manifest
 from .retrievers.registry import get_backend
 
@@ -68,6 +68,8 @@ def build_index(source: str | Path, out: str | Path, backend: str = "bm25", chun
     The chunks are streamed from the corpus to the back-end: lucene and dense write them to disk as
     they come, so a large corpus is never held in memory as a whole (bm25 keeps them, by design).
     """
+    if not str(source).startswith("hf:") and not Path(source).expanduser().exists():
+        raise FlashBackError(f"no such file or folder: {source}")
     backend_class = get_backend(backend)
     unknown = sorted(set(options) - backend_options(backend_class))
     if unknown:

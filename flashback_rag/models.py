@@ -228,6 +228,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
             f"unknown model {name!r}: not an alias ({known}), a local folder, a .gguf file, "
             "or a Hugging Face id of the form owner/name")
 
+    if not path.is_dir():
+        _check_hub_reachable(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path if path.is_dir() else name)
         model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else name, dtype=dt)
@@ -235,6 +237,32 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelNotFoundError(f"could not load model {name!r}: {first}") from None
     return _finish(model, tokenizer, dev)
+
+
+def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, with one message, when a hub id is neither cached nor downloadable.
+
+    Without this, transformers retries each file with back-off for about a minute before failing.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return                                   # cached: transformers can load it offline
+    except Exception:   # an unusual cache layout: let transformers decide
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        raise ModelNotFoundError(f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        raise ModelNotFoundError(
+            f"model {name!r} is not in the local Hugging Face cache and {url.hostname} cannot be reached; "
+            "download it where the hub is reachable, or pass a local folder or .gguf file") from None
 
 
 def _finish(model, tokenizer, device: torch.device):

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .retrievers.base import Passage
@@ -76,8 +76,10 @@ class GenerationResult:
     slides: list[SlideRecord] = field(default_factory=list)
     stats: GenerationStats = field(default_factory=GenerationStats)
     warnings: list[str] = field(default_factory=list)
+    scores: list[Any] = field(default_factory=list, repr=False)   # per-step logits, if asked for
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, scores=[]))   # tensors are not JSON; leave them out
+        data.pop("scores")
         data["stats"] = self.stats.to_dict()
         return data

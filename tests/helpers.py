@@ -1,0 +1,47 @@
+"""Shared test helpers: a deterministic retriever that always returns passages.
+
+BM25 over random-model output rarely matches anything, so parity tests use this retriever: it picks
+passages by a hash of the query, so the passage changes as the text changes (exercising the crop path)
+and repeats sometimes (exercising reuse), deterministically across the cached and reference runs.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from flashback_rag.retrievers import Passage
+
+TEXTS = [
+    "Paris is the capital and largest city of France, on the river Seine.",
+    "Rome is the capital of Italy; its historic centre holds many churches and ruins.",
+    "Cats are small carnivorous mammals that like fish, warm places and long naps.",
+    "The with statement wraps a block in methods defined by a context manager.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+]
+
+
+class HashRetriever:
+    """retrieve(query, k): k passages chosen by crc32(query); a real Retriever, not a mock."""
+
+    def __init__(self, texts: list[str] = TEXTS) -> None:
+        self.texts = texts
+        self.calls: list[str] = []
+
+    def retrieve(self, query: str, k: int) -> list[Passage]:
+        self.calls.append(query)
+        h = zlib.crc32(query.encode())
+        return [Passage(id=str((h + i) % len(self.texts)), text=self.texts[(h + i) % len(self.texts)],
+                        title=f"T{(h + i) % len(self.texts)}", score=1.0 / (i + 1)) for i in range(k)]
+
+
+class FailingRetriever:
+    """Raises on every second call: the engine must go on without a passage (or stop when strict)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def retrieve(self, query: str, k: int) -> list[Passage]:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise ConnectionError("search service unavailable")
+        return [Passage(id="0", text=TEXTS[0])]
