@@ -1,7 +1,9 @@
 """The ``flashback`` command: thin argument parsing over the library's modules.
 
     $ flashback index build --input docs/ --out my-index
+    $ flashback index build --input hf:wikitext:wikitext-103-raw-v1:train --backend lucene --out wiki-index
     $ flashback index search my-index "how do context managers work" -k 3
+    $ flashback retrieve --index my-index --input notes.txt --stride 16 --top-k 2 --out records.jsonl
     $ flashback generate --model smollm2-135m --index my-index --pattern append "The with statement"
     $ flashback demo --json
 
@@ -25,6 +27,7 @@ from .errors import FlashBackError
 # Modules that add sub-commands: each defines add_commands(subparsers) -> None.
 COMMAND_MODULES: list[str] = [
     "flashback_rag.demo",
+    "flashback_rag.retrieve",
 ]
 
 
@@ -98,8 +101,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_index_build(args: argparse.Namespace) -> int:
     from .indexing import build_index
 
+    # Back-end options: only those given on the command line (build_index rejects foreign ones).
+    options = {name: getattr(args, name) for name in ("threads", "embedder", "index_type", "nlist", "batch_size")
+               if getattr(args, name) is not None}
     manifest = build_index(args.input, args.out, backend=args.backend, chunk_tokens=args.chunk_tokens,
-                           tokenizer=args.tokenizer, show_progress=not args.quiet)
+                           tokenizer=args.tokenizer, show_progress=not args.quiet, **options)
     print(f"built {manifest['backend']} index with {manifest['num_chunks']} chunks in {args.out}")
     return 0
 
@@ -145,11 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     build = isub.add_parser("build", help="chunk a corpus and index it")
     build.add_argument("--input", required=True, help="file, folder, or hf:NAME[:CONFIG[:SPLIT]]")
     build.add_argument("--out", required=True, help="index folder to write")
-    build.add_argument("--backend", default="bm25", help="bm25 (default), lucene or dense")
+    build.add_argument("--backend", default="bm25",
+                       help="bm25 (default, embedded), lucene (pyserini + Java) or dense (faiss + embeddings)")
     build.add_argument("--chunk-tokens", type=int, default=128)
     build.add_argument("--tokenizer", default="smollm2-135m",
                        help="tokenizer that counts chunk tokens: model alias/folder/id, or 'words'")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument("--threads", type=int, help="lucene: indexing threads")
+    build.add_argument("--embedder", help="dense: sentence-transformers model (default all-MiniLM-L6-v2)")
+    build.add_argument("--index-type", help="dense: flat (default), hnsw or ivf")
+    build.add_argument("--nlist", type=int, help="dense ivf: number of inverted lists")
+    build.add_argument("--batch-size", type=int, help="dense: encoding batch size")
     build.set_defaults(func=_cmd_index_build)
     search = isub.add_parser("search", help="query an index folder")
     search.add_argument("index")

@@ -11,7 +11,8 @@ each keeping its document's title. Readers:
 - ``.txt`` / ``.md`` / ``.rst`` files: one document each, titled by the first Markdown/reST heading or
   the file name;
 - ``.jsonl`` / ``.json`` lines: ``text`` (or ``contents``) and an optional ``title`` per line;
-- folders: every such file below them, in sorted order.
+- folders: every such file below them, in sorted order;
+- ``hf:NAME[:CONFIG[:SPLIT]]`` and ``save_to_disk`` folders: Hugging Face datasets (see ``hf_corpus``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ def read_documents(source: str | Path) -> Iterator[Document]:
     path = Path(spec).expanduser()
     if not path.exists():
         raise FlashBackError(f"no such file or folder: {path}")
+    from .hf_corpus import is_saved_dataset   # a save_to_disk folder holds .arrow files, not text
+
+    if is_saved_dataset(path):
+        from .hf_corpus import read_hf_documents
+
+        yield from read_hf_documents(f"hf:{path}")
+        return
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES | JSONL_SUFFIXES)
         if not files:

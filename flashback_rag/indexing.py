@@ -14,13 +14,14 @@ leaves the previous index, or nothing.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from .corpus import chunk_documents, read_documents
-from .errors import EmptyCorpusError, FlashBackError
+from .errors import ConfigError, EmptyCorpusError, FlashBackError
 from .retrievers.index_folder import read_manifest
 from .retrievers.registry import get_backend
 
@@ -47,22 +48,41 @@ def load_tokenizer(name: str | None):
         raise ModelNotFoundError(f"could not load tokenizer {name!r}: {str(err).splitlines()[0]}") from None
 
 
+def backend_options(backend_class: type) -> set[str]:
+    """The keyword options a back-end's builder accepts (beyond chunks, folder, progress, manifest)."""
+    names: set[str] = set()
+    for method in (backend_class.build_folder, getattr(backend_class, "from_chunks", None)):
+        if method is None:
+            continue
+        params = inspect.signature(method).parameters.values()
+        names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY or
+                  (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)}
+    return names - {"show_progress", "manifest_extra"}
+
+
 def build_index(source: str | Path, out: str | Path, backend: str = "bm25", chunk_tokens: int = 128,
                 tokenizer: str | None = "smollm2-135m", show_progress: bool = False,
-                **backend_options: Any) -> dict[str, Any]:
-    """Chunk ``source`` and build a ``backend`` index in ``out``; return the manifest."""
+                **options: Any) -> dict[str, Any]:
+    """Chunk ``source`` and build a ``backend`` index in ``out``; return the manifest.
+
+    The chunks are streamed from the corpus to the back-end: lucene and dense write them to disk as
+    they come, so a large corpus is never held in memory as a whole (bm25 keeps them, by design).
+    """
     if not str(source).startswith("hf:") and not Path(source).expanduser().exists():
         raise FlashBackError(f"no such file or folder: {source}")
+    backend_class = get_backend(backend)
+    unknown = sorted(set(options) - backend_options(backend_class))
+    if unknown:
+        raise ConfigError(f"the {backend} back-end has no option {', '.join(unknown)} "
+                          f"(it takes: {', '.join(sorted(backend_options(backend_class))) or 'none'})")
     tok = load_tokenizer(tokenizer)
     chunks = chunk_documents(read_documents(source), tok, chunk_tokens)
     if show_progress:
         chunks = tqdm(chunks, desc="chunking", unit=" chunks")
-    chunks = list(chunks)
-    if not chunks:
-        raise EmptyCorpusError(f"{source} has no text to index")
     extra = {"chunking": {"chunk_tokens": chunk_tokens, "tokenizer": tokenizer or "words"},
              "source": str(source)}
-    retriever = get_backend(backend).from_chunks(chunks, show_progress=show_progress,
-                                                 manifest_extra=extra, **backend_options)
-    retriever.save(out)
+    try:
+        backend_class.build_folder(chunks, out, show_progress=show_progress, manifest_extra=extra, **options)
+    except EmptyCorpusError:
+        raise EmptyCorpusError(f"{source} has no text to index") from None
     return read_manifest(out)

@@ -5,7 +5,8 @@
     >>> r.retrieve("capital of France", k=1)[0].title
     'France'
 
-``load_index(dir)`` reads any index folder; the manifest says which back-end wrote it.
+``load_index(dir)`` reads any index folder (bm25, lucene, dense); the manifest says which back-end
+wrote it. ``HybridRetriever([a, b])`` fuses several with reciprocal rank fusion.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Iterable
 
 from .base import IndexRetriever, Passage, Retriever, read_title_list, retrieve_batch
 from .bm25 import BM25Retriever
+from .hybrid import HybridRetriever
 from .index_folder import read_manifest
 from .registry import available_backends, get_backend, register_backend
 
@@ -30,6 +32,6 @@ def load_index(directory: str | Path, forbidden_titles: Iterable[str] | str | Pa
 
 
 __all__ = [
-    "BM25Retriever", "IndexRetriever", "Passage", "Retriever", "available_backends", "get_backend",
+    "BM25Retriever", "HybridRetriever", "IndexRetriever", "Passage", "Retriever", "available_backends", "get_backend",
     "load_index", "read_manifest", "read_title_list", "register_backend", "retrieve_batch",
 ]

@@ -92,6 +92,17 @@ class IndexRetriever(abc.ABC):
     def load(cls, directory: str | Path) -> "IndexRetriever":
         """Read an index folder written by :meth:`save`."""
 
+    @classmethod
+    def build_folder(cls, chunks: Iterable[dict[str, Any]], directory: str | Path, show_progress: bool = False,
+                     manifest_extra: dict[str, Any] | None = None, **options: Any) -> None:
+        """Build the index folder ``directory`` from a stream of chunk records, atomically.
+
+        The default builds in memory and saves; back-ends meant for large corpora (lucene, dense)
+        override it to stream the chunks to disk instead of holding them.
+        """
+        builder = getattr(cls, "from_chunks")
+        builder(chunks, show_progress=show_progress, manifest_extra=manifest_extra, **options).save(directory)
+
     # -- shared behaviour --------------------------------------------------------------------
     def set_forbidden_titles(self, titles: Iterable[str] | str | Path | None) -> "IndexRetriever":
         """Never return passages with these titles (a set, or a file with one title a line)."""

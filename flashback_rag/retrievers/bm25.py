@@ -12,6 +12,7 @@ term with the query (score 0) are dropped: no passage is better than a random on
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ def _bm25s():
         import bm25s
     except ImportError:
         raise MissingDependencyError("the bm25 back-end needs bm25s: pip install bm25s PyStemmer") from None
+    # bm25s sets its own logger to DEBUG on import; its progress chatter is not our users' business.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     return bm25s
 
 

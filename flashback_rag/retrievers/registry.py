@@ -16,6 +16,8 @@ from ..errors import ConfigError
 # name -> "module:Class"; a back-end's module imports its heavy packages only when it is used.
 _BACKENDS: dict[str, str] = {
     "bm25": "flashback_rag.retrievers.bm25:BM25Retriever",
+    "lucene": "flashback_rag.retrievers.lucene:LuceneRetriever",
+    "dense": "flashback_rag.retrievers.dense:DenseRetriever",
 }
 
 

