@@ -86,6 +86,8 @@ class BM25Retriever(IndexRetriever):
         corpus = [f"{c.get('title') or ''}\n{c['contents']}" for c in chunks]
         tokens = bm25s.tokenize(corpus, stopwords=stopwords, stemmer=_stemmer(stemmer),
                                 show_progress=show_progress)
+        if not tokens.vocab:
+            raise EmptyCorpusError("the corpus has no indexable words (only stopwords or symbols)")
         model = bm25s.BM25()
         model.index(tokens, show_progress=show_progress)
         return cls(chunks, model, stemmer=stemmer, stopwords=stopwords, manifest_extra=manifest_extra)

@@ -71,6 +71,8 @@ def test_forbidden_titles(corpus, tmp_path):
 
 
 def test_empty_corpus(tmp_path):
+    with pytest.raises(EmptyCorpusError, match="only stopwords"):
+        BM25Retriever.build(["a b c", "the of"])
     (tmp_path / "empty.txt").write_text("   \n")
     with pytest.raises(EmptyCorpusError):
         build_index(tmp_path / "empty.txt", tmp_path / "out", tokenizer="words")
