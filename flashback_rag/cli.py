@@ -25,6 +25,7 @@ from .errors import FlashBackError
 # Modules that add sub-commands: each defines add_commands(subparsers) -> None.
 COMMAND_MODULES: list[str] = [
     "flashback_rag.demo",
+    "flashback_rag.training.commands",
 ]
 
 

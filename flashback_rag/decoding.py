@@ -104,14 +104,21 @@ class FlashBack:
     @classmethod
     def from_pretrained(cls, model_name_or_path: str, retriever: Retriever | str | None = None,
                         config: FlashBackConfig | None = None, device: str | None = None,
-                        dtype: str | torch.dtype | None = None, **config_fields: Any) -> "FlashBack":
-        """Load a model by alias, folder, .gguf or hub id; ``retriever`` may be an index folder path."""
+                        dtype: str | torch.dtype | None = None, adapter: str | None = None,
+                        **config_fields: Any) -> "FlashBack":
+        """Load a model by alias, folder, .gguf or hub id; ``retriever`` may be an index folder path.
+
+        ``adapter``: a folder from ``flashback train``; its settings (pattern, markers, stride, ...)
+        are the default config, and ``config`` / keyword fields override them.
+        """
         from .models import load_model
         from .retrievers import load_index
 
+        model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, adapter=adapter)
+        if config is None:
+            config = getattr(model, "flashback_config", None)
         if config_fields:
             config = (config or FlashBackConfig()).replace(**config_fields)
-        model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype)
         if isinstance(retriever, str):
             retriever = load_index(retriever)
         return cls(model, tokenizer, retriever, config)

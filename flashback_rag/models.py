@@ -201,12 +201,18 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None):
+               dtype: str | torch.dtype | None = None, adapter: str | os.PathLike | None = None):
     """Load ``(model, tokenizer)`` from an alias, a local folder, a .gguf file or a Hugging Face id.
 
     The model is put in eval mode on ``device`` (CUDA when present) in ``dtype`` (float32 on CPU,
-    bfloat16 on a recent GPU).
+    bfloat16 on a recent GPU). ``adapter``: a folder written by ``flashback train`` (LoRA + marker
+    rows), restored on top, markers included (see ``training/adapters.py``).
     """
+    if adapter is not None:
+        from .training.adapters import apply_adapter
+
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
+        return apply_adapter(model, tokenizer, adapter), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
