@@ -282,6 +282,11 @@ def add_marker_tokens(model, tokenizer, left: str = MARK_L, right: str = MARK_R)
         weight = model.get_input_embeddings().weight
         with torch.no_grad():   # deterministic: the exact mean, not a sample around it
             weight[rows:] = weight[:rows].mean(dim=0, keepdim=True)
+            # An untied output layer got randomly initialised rows: make them deterministic too, so
+            # a model with markers (and an adapter restored on it) is the same on every load.
+            out = model.get_output_embeddings()
+            if out is not None and out.weight is not weight and out.weight.shape[0] > rows:
+                out.weight[rows:] = out.weight[:rows].mean(dim=0, keepdim=True)
     return ids
 
 

@@ -75,11 +75,11 @@ class PrepareConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.construction not in CONSTRUCTIONS:
             raise ConfigError(f"unknown construction {self.construction!r}; choose one of {', '.join(CONSTRUCTIONS)}")
-        room = self.max_positions // 2 - self.max_block
-        if room < 1:
+        if self.max_positions - self.stride - self.max_block < 1:
             raise ConfigError(
-                f"a block of up to {self.max_block} tokens (top_k x doc_tokens + 2 markers) leaves no room for "
-                f"src in half of max_positions={self.max_positions}; lower doc_tokens or top_k")
+                f"a block of up to {self.max_block} tokens (top_k x doc_tokens + 2 markers) and a stride of "
+                f"{self.stride} leave no room for src in max_positions={self.max_positions}; "
+                "lower doc_tokens or top_k")
         if self.min_context is not None and self.min_context < 1:
             raise ConfigError(f"min_context must be positive, got {self.min_context}")
 
@@ -174,7 +174,7 @@ def prepare(sources: dict[str, str | Path | list[Document]], retriever: Retrieve
 
     out = Path(out)
     args = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(),
-            "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer),
+            "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": len(set(tokenizer.get_vocab()) - {MARK_L, MARK_R}),
                           "name": getattr(tokenizer, "name_or_path", "")},
             "sources": {k: (v if isinstance(v, (str, Path)) else f"<{len(v)} documents>") for k, v in sources.items()},
             "max_examples": max_examples or {}, **(record or {})}

@@ -98,6 +98,18 @@ def _precision_flags(precision: str, on_cuda: bool) -> dict[str, bool]:
     return {precision: True} if precision != "fp32" else {}
 
 
+def _checkpointing_flag(on: bool) -> dict[str, bool]:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    if not on:
+        return {}
+    import inspect
+
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    return {"activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing": True}
+
+
 def _report_to(choice: str) -> list[str]:
     if choice == "auto":
         return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
@@ -181,7 +193,7 @@ def train(cfg: TrainConfig, show_progress: bool = True):
         save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
         report_to=_report_to(cfg.report_to), seed=cfg.seed,
         remove_unused_columns=False, use_cpu=not on_cuda, deepspeed=cfg.deepspeed,
-        gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not show_progress,
+        disable_tqdm=not show_progress, **_checkpointing_flag(cfg.gradient_checkpointing),
         prediction_loss_only=True, dataloader_num_workers=0, **_precision_flags(cfg.precision, on_cuda))
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
