@@ -30,6 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -117,6 +118,10 @@ class FlashBack:
         model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, adapter=adapter)
         if config is None:
             config = getattr(model, "flashback_config", None)
+        if config is None and adapter is None and (Path(str(model_name_or_path)) / "flashback.json").is_file():
+            from .training.adapters import adapter_config     # a merged or fully tuned model folder
+
+            config = adapter_config(model_name_or_path)
         if config_fields:
             config = (config or FlashBackConfig()).replace(**config_fields)
         if isinstance(retriever, str):

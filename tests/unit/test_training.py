@@ -209,3 +209,22 @@ def test_multi_passage_average_and_text_perplexity(trained, corpus):
     res = text_perplexity(model, tok, text, corpus[1], "append", True, stride=STRIDE, query_tokens=16,
                           doc_tokens=24, max_positions=MAX_POS, max_tokens=200)
     assert res["tokens"] == (200 // STRIDE - 1) * STRIDE and res["ppl"] > 1
+
+
+def test_full_tuning_writes_a_model_folder_with_its_settings(prepared, tmp_path):
+    from flashback_rag import FlashBack
+
+    data, _, _ = prepared
+    cfg = TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / "full"), tune="full",
+                      pattern="prepend", markers=True, learning_rate=1e-3, batch_size=8, max_steps=2,
+                      report_to="none", max_eval_examples=4)
+    model, tok, _ = train(cfg, show_progress=False)
+    assert read_meta(tmp_path / "full")["tune"] == "full"
+    retriever = BM25Retriever.build(["cats purr when content"])
+    fb = FlashBack.from_pretrained(str(tmp_path / "full"), retriever=retriever)
+    assert fb.config.pattern == "prepend" and fb.config.markers
+    marks = read_meta(tmp_path / "full")["markers"]
+    assert fb.markers.as_list() == [marks["left"], marks["right"]]
+    ids = torch.tensor([[5, 6, marks["left"], 7, marks["right"], 8]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, fb.model(input_ids=ids).logits, atol=1e-5)
