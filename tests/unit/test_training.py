@@ -228,3 +228,12 @@ def test_full_tuning_writes_a_model_folder_with_its_settings(prepared, tmp_path)
     ids = torch.tensor([[5, 6, marks["left"], 7, marks["right"], 8]])
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, fb.model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_cli_reports_a_mismatched_adapter_as_one_line(trained, capsys):
+    from flashback_rag.cli import main
+
+    adapter, *_, data = trained
+    code = main(["eval", "ppl", "--model", "tiny-random-qwen2", "--adapter", str(adapter), "--data", str(data)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("flashback: error: adapter")
