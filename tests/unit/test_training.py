@@ -205,6 +205,9 @@ def test_multi_passage_average_and_text_perplexity(trained, corpus):
     single = prepared_perplexity(model, tok, val, "append", True, top_k=1, multi="average")
     concat = prepared_perplexity(model, tok, val, "append", True, top_k=1, multi="concat")
     assert math.isclose(single["ppl"], concat["ppl"], rel_tol=1e-4)   # one passage: both scorings agree
+    alone = prepared_perplexity(model, tok, val, "append", True, top_k=1, batch_size=1)
+    assert math.isclose(alone["ppl"], concat["ppl"], rel_tol=1e-4)    # left padding changes nothing
+    assert len({len(layout(ex, "append", None)) for ex in val}) > 1
     text = corpus[0]["validation"][0].text
     res = text_perplexity(model, tok, text, corpus[1], "append", True, stride=STRIDE, query_tokens=16,
                           doc_tokens=24, max_positions=MAX_POS, max_tokens=200)
