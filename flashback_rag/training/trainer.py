@@ -224,9 +224,14 @@ def save_output(model, tokenizer, cfg: TrainConfig, markers, base, pcfg, out: Pa
                              query_tokens=pcfg["query_tokens"], doc_tokens=pcfg["doc_tokens"],
                              top_k=cfg.top_k or pcfg["top_k"], passage_template=pcfg["passage_template"])
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
     if cfg.tune == "full":
+        model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
+    else:
+        # The resized embedding is NOT saved whole: loading re-adds the markers (deterministic mean
+        # rows) and the trained marker rows come from PEFT's trainable-token weights. Keeps a 7B
+        # adapter at LoRA size instead of carrying two vocab x hidden matrices.
+        model.save_pretrained(str(out), save_embedding_layers=False)
     write_meta(out, tune=cfg.tune, markers=markers, config=engine, base=base,
                training={**cfg.to_dict(), "prepared": pcfg})
     atomic_write_json(out / "metrics.json", json.loads(json.dumps(metrics, default=str)))

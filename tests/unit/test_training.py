@@ -133,6 +133,10 @@ def test_only_lora_weights_and_the_two_marker_rows_change(trained):
     base, tok = load_model("tiny-random-llama")
     marks = add_marker_tokens(base, tok)
     original = {k: v.clone() for k, v in base.state_dict().items()}
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:    # LoRA + 2 rows, no embedding
+        assert all("lora_" in k or "trainable_tokens" in k for k in f.keys())
     loaded, _ = load_model("tiny-random-llama", adapter=adapter)
     meta = read_meta(adapter)
     assert meta["markers"]["left"] == marks.left and meta["markers"]["right"] == marks.right
