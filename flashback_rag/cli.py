@@ -28,6 +28,7 @@ from .errors import FlashBackError
 COMMAND_MODULES: list[str] = [
     "flashback_rag.demo",
     "flashback_rag.retrieve",
+    "flashback_rag.training.commands",
 ]
 
 

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,14 +111,25 @@ class FlashBack:
     @classmethod
     def from_pretrained(cls, model_name_or_path: str, retriever: Retriever | str | None = None,
                         config: FlashBackConfig | None = None, device: str | None = None,
-                        dtype: str | torch.dtype | None = None, **config_fields: Any) -> "FlashBack":
-        """Load a model by alias, folder, .gguf or hub id; ``retriever`` may be an index folder path."""
+                        dtype: str | torch.dtype | None = None, adapter: str | None = None,
+                        **config_fields: Any) -> "FlashBack":
+        """Load a model by alias, folder, .gguf or hub id; ``retriever`` may be an index folder path.
+
+        ``adapter``: a folder from ``flashback train``; its settings (pattern, markers, stride, ...)
+        are the default config, and ``config`` / keyword fields override them.
+        """
         from .models import load_model
         from .retrievers import load_index
 
+        model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, adapter=adapter)
+        if config is None:
+            config = getattr(model, "flashback_config", None)
+        if config is None and adapter is None and (Path(str(model_name_or_path)) / "flashback.json").is_file():
+            from .training.adapters import adapter_config     # a merged or fully tuned model folder
+
+            config = adapter_config(model_name_or_path)
         if config_fields:
             config = (config or FlashBackConfig()).replace(**config_fields)
-        model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype)
         if isinstance(retriever, str):
             retriever = load_index(retriever)
         return cls(model, tokenizer, retriever, config)

@@ -201,12 +201,18 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None):
+               dtype: str | torch.dtype | None = None, adapter: str | os.PathLike | None = None):
     """Load ``(model, tokenizer)`` from an alias, a local folder, a .gguf file or a Hugging Face id.
 
     The model is put in eval mode on ``device`` (CUDA when present) in ``dtype`` (float32 on CPU,
-    bfloat16 on a recent GPU).
+    bfloat16 on a recent GPU). ``adapter``: a folder written by ``flashback train`` (LoRA + marker
+    rows), restored on top, markers included (see ``training/adapters.py``).
     """
+    if adapter is not None:
+        from .training.adapters import apply_adapter
+
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
+        return apply_adapter(model, tokenizer, adapter), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
@@ -304,6 +310,11 @@ def add_marker_tokens(model, tokenizer, left: str = MARK_L, right: str = MARK_R)
         weight = model.get_input_embeddings().weight
         with torch.no_grad():   # deterministic: the exact mean, not a sample around it
             weight[rows:] = weight[:rows].mean(dim=0, keepdim=True)
+            # An untied output layer got randomly initialised rows: make them deterministic too, so
+            # a model with markers (and an adapter restored on it) is the same on every load.
+            out = model.get_output_embeddings()
+            if out is not None and out.weight is not weight and out.weight.shape[0] > rows:
+                out.weight[rows:] = out.weight[:rows].mean(dim=0, keepdim=True)
     return ids
 
 

@@ -1,0 +1,215 @@
+"""The training sub-commands: ``flashback prepare``, ``train``, ``eval ppl`` and ``export``.
+
+    $ flashback prepare --model smollm2-135m --input docs/ --index my-index --out prepared/
+    $ flashback train --model smollm2-135m --data prepared/ --out adapters/append-markers
+    $ flashback eval ppl --model smollm2-135m --adapter adapters/append-markers --data prepared/
+    $ flashback eval ppl --model smollm2-135m --text notes.txt --index my-index --pattern prepend
+    $ flashback export --model smollm2-135m --adapter adapters/append-markers --merge --out merged/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import FlashBackError
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from ..indexing import load_tokenizer
+    from ..retrievers import load_index
+    from .prepare import PrepareConfig, prepare, split_documents
+
+    cfg = PrepareConfig(stride=args.stride, query_tokens=args.query_tokens, doc_tokens=args.doc_tokens,
+                        top_k=args.top_k, max_positions=args.max_positions, construction=args.construction,
+                        min_context=args.min_context, every=args.every, seed=args.seed)
+    retriever = load_index(args.index, forbidden_titles=args.forbidden_titles)
+    tokenizer = load_tokenizer(args.model)
+    if args.validation_input:
+        sources = {"train": args.input, "validation": args.validation_input}
+    elif args.validation_fraction > 0:
+        from ..corpus import read_documents
+
+        train, val = split_documents(list(read_documents(args.input)), args.validation_fraction, args.seed)
+        sources = {"train": train, "validation": val}
+    else:
+        sources = {"train": args.input}
+    record = {"model": args.model, "index": str(args.index), "input": str(args.input),
+              "validation_input": args.validation_input, "validation_fraction": args.validation_fraction,
+              "forbidden_titles": args.forbidden_titles}
+    done = prepare(sources, retriever, tokenizer, args.out, cfg, record=record,
+                   max_examples={"train": args.max_examples, "validation": args.max_validation_examples},
+                   show_progress=not args.quiet)
+    print(json.dumps({"out": str(args.out), "counts": done["counts"]}))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import TrainConfig, train
+    from .tuning import LoraSettings
+
+    cfg = TrainConfig(
+        model=args.model, data=args.data, out=args.out, pattern=args.pattern, markers=args.markers,
+        tune=args.tune, lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                                          targets=args.lora_targets),
+        top_k=args.top_k, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
+        epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, eval_steps=args.eval_steps,
+        save_steps=args.save_steps, logging_steps=args.logging_steps, max_train_examples=args.max_train_examples,
+        max_eval_examples=args.max_eval_examples, precision=args.precision, dtype=args.dtype, device=args.device,
+        seed=args.seed, resume=args.resume, deepspeed=args.deepspeed,
+        gradient_checkpointing=args.gradient_checkpointing, report_to=args.report_to)
+    _, _, metrics = train(cfg, show_progress=not args.quiet)
+    summary = {k: metrics.get(k) for k in ("train_loss", "eval_loss", "eval_ppl", "train_runtime", "train_examples")}
+    print(json.dumps({"out": args.out, **summary}))
+    return 0
+
+
+def _cmd_eval_ppl(args: argparse.Namespace) -> int:
+    from ..models import load_model
+    from ..retrievers import load_index
+    from .adapters import adapter_config
+    from .data import read_examples
+    from .evaluate import prepared_perplexity, text_perplexity
+
+    if (args.data is None) == (args.text is None):
+        raise FlashBackError("give exactly one of --data DIR (prepared examples) or --text FILE (raw text)")
+    pattern, markers = args.pattern, args.markers
+    if args.adapter and pattern is None:          # the adapter's own settings unless overridden
+        trained = adapter_config(args.adapter)
+        pattern, markers = trained.pattern, trained.markers if markers is None else markers
+    pattern = pattern or "append"
+    markers = True if markers is None else markers
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    if args.data:
+        examples = read_examples(Path(args.data) / args.split, args.max_examples)
+        result = prepared_perplexity(model, tokenizer, examples, pattern, markers, args.top_k, args.multi,
+                                     args.batch_size, show_progress=not args.quiet)
+        result["data"] = str(Path(args.data) / args.split)
+    else:
+        if not Path(args.text).is_file():
+            raise FlashBackError(f"no such text file: {args.text}")
+        retriever = load_index(args.index, forbidden_titles=args.forbidden_titles) if args.index else None
+        result = text_perplexity(model, tokenizer, Path(args.text).read_text(encoding="utf-8"), retriever,
+                                 pattern, markers, args.stride, args.query_tokens, args.doc_tokens,
+                                 args.top_k or 1, args.max_positions, args.max_tokens, args.batch_size,
+                                 show_progress=not args.quiet)
+        result["text"] = str(args.text)
+    result.update(model=args.model, adapter=args.adapter)
+    text = json.dumps(result, indent=2)
+    if args.output:
+        from ..io_utils import atomic_write_text
+
+        atomic_write_text(Path(args.output), text + "\n")
+    print(text)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .adapters import export_merged
+
+    if not args.merge:
+        raise FlashBackError("only --merge export is supported: it writes a plain Hugging Face model folder")
+    out = export_merged(args.model, args.adapter, args.out, device=args.device)
+    print(f"merged model written to {out}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("prepare", help="corpus + index -> training / validation examples")
+    p.add_argument("--model", required=True, help="model (alias/folder/id) whose tokenizer is used")
+    p.add_argument("--input", required=True, help="training text: file, folder, or hf:NAME[:CONFIG[:SPLIT]]")
+    p.add_argument("--validation-input", help="validation text (else --validation-fraction of the documents)")
+    p.add_argument("--validation-fraction", type=float, default=0.05)
+    p.add_argument("--index", required=True, help="index folder to retrieve from")
+    p.add_argument("--forbidden-titles", help="file with one title a line never to retrieve")
+    p.add_argument("--out", required=True, help="output folder (re-running resumes)")
+    p.add_argument("--stride", type=int, default=16)
+    p.add_argument("--query-tokens", type=int, default=32)
+    p.add_argument("--doc-tokens", type=int, default=128)
+    p.add_argument("--top-k", type=int, default=1, help="passages per example, concatenated")
+    p.add_argument("--max-positions", type=int, default=512)
+    p.add_argument("--construction", choices=("random", "default"), default="random",
+                   help="random: target at a random position (seed's default); default: fill max positions")
+    p.add_argument("--min-context", type=int, default=None, help="first retrieval point (default max-positions - stride)")
+    p.add_argument("--every", type=int, default=1, help="keep one retrieval point in N")
+    p.add_argument("--max-examples", type=int, default=None, help="cap on training examples")
+    p.add_argument("--max-validation-examples", type=int, default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_prepare)
+
+    t = subparsers.add_parser("train", help="fine-tune LoRA + marker rows (or the full model)")
+    t.add_argument("--model", required=True)
+    t.add_argument("--data", required=True, help="folder written by `flashback prepare`")
+    t.add_argument("--out", required=True, help="adapter folder to write")
+    t.add_argument("--pattern", choices=("append", "prepend", "none"), default="append")
+    t.add_argument("--markers", action=argparse.BooleanOptionalAction, default=True)
+    t.add_argument("--tune", choices=("lora", "full"), default="lora")
+    t.add_argument("--lora-r", type=int, default=16)
+    t.add_argument("--lora-alpha", type=int, default=32)
+    t.add_argument("--lora-dropout", type=float, default=0.05)
+    t.add_argument("--lora-targets", nargs="+", default=None, help="module names (default: per model_type)")
+    t.add_argument("--top-k", type=int, default=None)
+    t.add_argument("--learning-rate", type=float, default=2e-4)
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--eval-batch-size", type=int, default=None)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--epochs", type=float, default=1.0)
+    t.add_argument("--max-steps", type=int, default=-1)
+    t.add_argument("--warmup-ratio", type=float, default=0.1)
+    t.add_argument("--eval-steps", type=int, default=0)
+    t.add_argument("--save-steps", type=int, default=0)
+    t.add_argument("--logging-steps", type=int, default=5)
+    t.add_argument("--max-train-examples", type=int, default=None)
+    t.add_argument("--max-eval-examples", type=int, default=None)
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    t.add_argument("--dtype", default=None, help="dtype to load the base weights in (default float32)")
+    t.add_argument("--device", default=None, help="cpu to force CPU (default: GPU when present)")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
+    t.add_argument("--deepspeed", default=None, help="DeepSpeed config JSON (e.g. training/ds_zero2.json)")
+    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--report-to", default="auto", help="auto (tensorboard if installed), none, wandb ...")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    ev = subparsers.add_parser("eval", help="evaluate models and adapters")
+    esub = ev.add_subparsers(dest="eval_command", required=True)   # same parser class as `ev`
+    ppl = esub.add_parser("ppl", help="perplexity on prepared data or raw text (JSON)")
+    ppl.add_argument("--model", required=True)
+    ppl.add_argument("--adapter", default=None, help="adapter folder from `flashback train`")
+    ppl.add_argument("--data", default=None, help="prepared folder (uses its --split)")
+    ppl.add_argument("--split", default="validation")
+    ppl.add_argument("--text", default=None, help="raw text file: sliding-window perplexity")
+    ppl.add_argument("--index", default=None, help="index folder for --text")
+    ppl.add_argument("--forbidden-titles", default=None)
+    ppl.add_argument("--pattern", choices=("append", "prepend", "none"), default=None,
+                     help="default: the adapter's, else append")
+    ppl.add_argument("--markers", action=argparse.BooleanOptionalAction, default=None)
+    ppl.add_argument("--top-k", type=int, default=None, help="passages used (default: all prepared)")
+    ppl.add_argument("--multi", choices=("concat", "average", "average-probs"), default="concat",
+                     help="several passages: one block, or one context each averaged (the seed's scoring)")
+    ppl.add_argument("--stride", type=int, default=16)
+    ppl.add_argument("--query-tokens", type=int, default=32)
+    ppl.add_argument("--doc-tokens", type=int, default=128)
+    ppl.add_argument("--max-positions", type=int, default=None)
+    ppl.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of --text")
+    ppl.add_argument("--max-examples", type=int, default=None)
+    ppl.add_argument("--batch-size", type=int, default=8)
+    ppl.add_argument("--device", default=None)
+    ppl.add_argument("--dtype", default=None)
+    ppl.add_argument("--output", default=None, help="also write the JSON to this file")
+    ppl.add_argument("--quiet", action="store_true")
+    ppl.set_defaults(func=_cmd_eval_ppl)
+
+    ex = subparsers.add_parser("export", help="write a merged full model from an adapter")
+    ex.add_argument("--model", required=True, help="the adapter's base model")
+    ex.add_argument("--adapter", required=True)
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--merge", action="store_true", help="merge LoRA and the marker rows into the weights")
+    ex.add_argument("--device", default="cpu")
+    ex.set_defaults(func=_cmd_export)

@@ -1,0 +1,138 @@
+"""From a prepared example to the tokens a model reads, batches of them, and the loss on ``tgt``.
+
+An example holds ``passages`` (k lists of token ids, no markers), ``src`` and ``tgt``. The layout of a
+pattern is :func:`flashback_rag.patterns.logical_context` with the retrieval point at ``len(src)``, so
+training reads exactly what decoding reads:
+
+    >>> from flashback_rag.models import MarkerIds
+    >>> ex = {"passages": [[7, 8], [9]], "src": [1, 2, 3], "tgt": [4, 5]}
+    >>> layout(ex, "append", MarkerIds(100, 101))
+    [1, 2, 3, 100, 7, 8, 9, 101, 4, 5]
+    >>> layout(ex, "prepend", MarkerIds(100, 101), top_k=1)
+    [100, 7, 8, 101, 1, 2, 3, 4, 5]
+    >>> layout(ex, "append", None)          # naive append: no markers
+    [1, 2, 3, 7, 8, 9, 4, 5]
+    >>> layout(ex, "none", None)
+    [1, 2, 3, 4, 5]
+
+``tgt`` is always the tail of the layout. Batches are therefore LEFT-padded: the targets of every row
+sit in the same last columns, so the model only computes logits for those (``logits_to_keep``) instead
+of the whole sequence times the vocabulary.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import FlashBackError
+from ..patterns import build_block, logical_context
+
+
+def layout(example: dict[str, Any], pattern: str, markers=None, top_k: int | None = None,
+           passages: Sequence[Sequence[int]] | None = None) -> list[int]:
+    """Token ids of ``example`` laid out for ``pattern``: the first ``top_k`` passages in one block."""
+    chosen = example["passages"][:top_k] if passages is None else passages
+    block = build_block(chosen, markers) if pattern != "none" else []
+    src, tgt = list(example["src"]), list(example["tgt"])
+    return logical_context(pattern, src + tgt, point=len(src), block=block)
+
+
+def read_examples(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Examples of one split: a ``.jsonl`` file, or the folder of shards ``prepare`` writes."""
+    path = Path(path)
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise FlashBackError(f"no prepared examples at {path}")
+    out: list[dict[str, Any]] = []
+    for file in files:
+        with open(file, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    out.append(json.loads(line))
+                    if limit is not None and len(out) >= limit:
+                        return out
+    return out
+
+
+class LayoutDataset(torch.utils.data.Dataset):
+    """Prepared examples laid out for one pattern; items are ``{"input_ids", "n_tgt"}``."""
+
+    def __init__(self, examples: list[dict[str, Any]], pattern: str, markers=None, top_k: int | None = None):
+        self.items = [{"input_ids": layout(ex, pattern, markers, top_k), "n_tgt": len(ex["tgt"])}
+                      for ex in examples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+class LeftPadCollator:
+    """Left-pad a list of ``{"input_ids", "n_tgt"}`` into tensors; ``labels`` is -100 outside ``tgt``."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        labels = torch.full((len(items), width), -100, dtype=torch.long)
+        for row, it in enumerate(items):
+            seq = torch.tensor(it["input_ids"], dtype=torch.long)
+            ids[row, width - len(seq):] = seq
+            mask[row, width - len(seq):] = 1
+            n = it["n_tgt"]
+            labels[row, width - n:] = seq[len(seq) - n:]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _accepts(model, name: str) -> bool:
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    return name in inspect.signature(forward).parameters
+
+
+def tail_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits ``(B, keep, V)`` that predict the last ``keep`` tokens of each left-padded row."""
+    # Positions count real tokens only (left padding must not shift them).
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if _accepts(model, "position_ids"):
+        kwargs["position_ids"] = position_ids
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep + 1
+    logits = model(**kwargs).logits              # (B, T or keep+1, V)
+    return logits[:, -keep - 1:-1, :]             # the logit at p predicts the token at p+1
+
+
+def mask_banned(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
+    """Markers are never predicted: their logits are -inf, so probability mass is over real tokens."""
+    if not banned:
+        return logits
+    logits = logits.clone()
+    logits[..., list(banned)] = float("-inf")
+    return logits
+
+
+def target_nll(model, batch: dict[str, torch.Tensor], banned: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of the ``tgt`` tokens of a batch and their count."""
+    labels = batch["labels"]
+    keep = int((labels != -100).sum(-1).max())
+    logits = tail_logits(model, batch["input_ids"], batch["attention_mask"], keep)   # (B, keep, V)
+    logits = mask_banned(logits.float(), banned)
+    targets = labels[:, -keep:]                                                        # (B, keep)
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                            ignore_index=-100, reduction="sum")
+    return nll, (targets != -100).sum()
+
+
+def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,142 @@
+"""``flashback eval ppl``: perplexity of the ``tgt`` tokens, for any pattern, with or without an adapter.
+
+Two protocols:
+
+- :func:`prepared_perplexity`: on prepared examples (``flashback prepare``), the layout of the chosen
+  pattern. ``top_k`` passages either go in one block (``multi="concat"``, what the engine decodes
+  with) or each in its own context, the next-token distributions averaged over the passages
+  (``multi="average"``: the seed's ``test_multiple_k.py`` averages the logits; ``"average-probs"``
+  averages probabilities, REPLUG-style).
+- :func:`text_perplexity`: sliding-window perplexity on raw text (In-Context RALM's protocol): every
+  ``stride`` tokens, retrieve with the last ``query_tokens`` tokens, score the next ``stride`` tokens
+  with as much preceding text as fits ``max_positions``.
+
+    >>> from flashback_rag.models import load_model
+    >>> model, tok = load_model("tiny-random-llama")
+    >>> ex = [{"passages": [[65, 66]], "src": [67] * 20, "tgt": [68] * 8}]
+    >>> r = prepared_perplexity(model, tok, ex, pattern="append", markers=True)
+    >>> r["tokens"], r["pattern"], r["ppl"] > 1
+    (8, 'append', True)
+
+Markers are never predicted: their logits are masked, as in training. ppl = exp(total NLL / tokens).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .data import LeftPadCollator, batched, layout, mask_banned, tail_logits, target_nll
+
+MULTI = ("concat", "average", "average-probs")
+
+
+def _markers_for(model, tokenizer, pattern: str, markers: bool):
+    from ..models import add_marker_tokens, marker_ids
+
+    if pattern == "none" or not markers:
+        return None
+    found = marker_ids(tokenizer)
+    return found if found is not None else add_marker_tokens(model, tokenizer)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def prepared_perplexity(model, tokenizer, examples: Sequence[dict[str, Any]], pattern: str = "append",
+                        markers: bool = True, top_k: int | None = None, multi: str = "concat",
+                        batch_size: int = 8, show_progress: bool = False) -> dict[str, Any]:
+    """Perplexity of ``tgt`` over ``examples`` laid out for ``pattern``."""
+    from tqdm.auto import tqdm
+
+    if multi not in MULTI:
+        raise ConfigError(f"unknown multi-passage scoring {multi!r}; choose one of {', '.join(MULTI)}")
+    if not examples:
+        raise ConfigError("no examples to evaluate")
+    model.eval()
+    marks = _markers_for(model, tokenizer, pattern, markers)
+    banned = marks.as_list() if marks else []
+    from ..models import marker_ids
+    found = marker_ids(tokenizer)      # markers in the vocabulary are never predicted, used or not
+    banned = sorted(set(banned) | set(found.as_list() if found else []))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate = LeftPadCollator(pad)
+    device = _device(model)
+    total, count = 0.0, 0
+    started = time.perf_counter()
+    bar = tqdm(total=len(examples), desc=f"ppl {pattern}", unit=" ex", disable=not show_progress)
+    for chunk in batched(list(examples), batch_size):
+        if multi == "concat" or pattern == "none":
+            items = [{"input_ids": layout(ex, pattern, marks, top_k), "n_tgt": len(ex["tgt"])} for ex in chunk]
+            batch = {k: v.to(device) for k, v in collate(items).items()}
+            nll, n = target_nll(model, batch, banned)
+            total, count = total + float(nll), count + int(n)
+        else:
+            for ex in chunk:
+                nll, n = _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device)
+                total, count = total + nll, count + n
+        bar.update(len(chunk))
+    bar.close()
+    mean = total / max(count, 1)
+    return {"pattern": pattern, "markers": marks is not None, "top_k": top_k, "multi": multi,
+            "examples": len(examples), "tokens": count, "nll": mean, "ppl": math.exp(mean),
+            "seconds": time.perf_counter() - started}
+
+
+def _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device) -> tuple[float, int]:
+    """One context per passage; average their next-token logits (or probabilities), score ``tgt``."""
+    passages = ex["passages"][:top_k] or [[]]
+    items = [{"input_ids": layout(ex, pattern, marks, passages=[p] if p else []), "n_tgt": len(ex["tgt"])}
+             for p in passages]
+    batch = {k: v.to(device) for k, v in collate(items).items()}
+    n = len(ex["tgt"])
+    logits = mask_banned(tail_logits(model, batch["input_ids"], batch["attention_mask"], n).float(), banned)
+    if multi == "average":
+        logp = torch.log_softmax(logits.mean(0), -1)                       # (n, V)
+    else:
+        logp = torch.logsumexp(torch.log_softmax(logits, -1), 0) - math.log(len(items))
+    target = torch.tensor(ex["tgt"], device=device)
+    return float(-logp.gather(-1, target[:, None]).sum()), n
+
+
+@torch.no_grad()
+def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = "append", markers: bool = True,
+                    stride: int = 16, query_tokens: int = 32, doc_tokens: int = 128, top_k: int = 1,
+                    max_positions: int | None = None, max_tokens: int | None = None, batch_size: int = 8,
+                    passage_template: str = "{title}\n{text}", show_progress: bool = False) -> dict[str, Any]:
+    """Sliding-window perplexity of raw ``text`` with retrieval every ``stride`` tokens.
+
+    Every token after the first ``stride`` is scored once, with the longest preceding context that fits
+    ``max_positions`` next to the passage block (the first stride has no query to retrieve with).
+    """
+    from ..models import max_positions as model_max_positions
+    from .prepare import PrepareConfig, make_examples
+
+    if pattern != "none" and retriever is None:
+        raise ConfigError(f"pattern {pattern!r} needs a retriever (--index)")
+    tokens = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+    if max_tokens is not None:
+        tokens = tokens[:max_tokens]
+    limit = max_positions or model_max_positions(model) or 1024
+    cfg = PrepareConfig(stride=stride, query_tokens=query_tokens, doc_tokens=doc_tokens, top_k=top_k,
+                        max_positions=limit, construction="default", min_context=stride,
+                        passage_template=passage_template)
+    points = list(range(stride, len(tokens) - stride + 1, stride))
+    if not points:
+        raise ConfigError(f"the text has {len(tokens)} tokens: too short for a stride of {stride}")
+    if pattern == "none":
+        examples = [{"passages": [], "src": tokens[max(0, i - (limit - stride)):i], "tgt": tokens[i:i + stride]}
+                    for i in points]
+    else:
+        examples = make_examples(tokens, retriever, tokenizer, cfg, "text", points)
+    result = prepared_perplexity(model, tokenizer, examples, pattern, markers, top_k, "concat", batch_size,
+                                 show_progress)
+    result.update(stride=stride, max_positions=limit, text_tokens=len(tokens))
+    return result

@@ -1,0 +1,237 @@
+"""``flashback train``: fine-tune on prepared examples with the Hugging Face Trainer.
+
+    $ flashback train --model tiny-random-llama --data prepared/ --out adapters/smoke --max-steps 20
+
+The loss is the cross-entropy of the ``tgt`` tokens only, with the marker logits masked (a marker is
+never a target and never predicted). ``--tune lora`` trains LoRA on the attention projections and the
+two marker rows (PEFT ``trainable_token_indices``); ``--tune full`` trains everything. Cosine schedule
+with warm-up, gradient accumulation, bf16/fp16 on GPUs that have them, evaluation and checkpoints every
+N steps, ``--resume`` from the last checkpoint. The same command runs on CPU, one GPU, or many GPUs
+through ``accelerate launch`` (see ``training/`` for recipes and a DeepSpeed ZeRO config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import PATTERNS, FlashBackConfig
+from ..errors import ConfigError, FlashBackError, MissingDependencyError
+from .data import LayoutDataset, LeftPadCollator, read_examples, target_nll
+from .prepare import read_prepared_args, tokenizer_fingerprint
+from .tuning import TUNES, LoraSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``flashback train`` needs; recorded in the adapter's ``flashback.json``."""
+
+    model: str
+    data: str
+    out: str
+    pattern: str = "append"
+    markers: bool = True
+    tune: str = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    top_k: int | None = None              # passages per example (default: all that were prepared)
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    eval_batch_size: int | None = None
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1
+    warmup_ratio: float = 0.1
+    eval_steps: int = 0                   # 0: evaluate only at the end
+    save_steps: int = 0                   # 0: checkpoint only at the end
+    save_total_limit: int = 2
+    logging_steps: int = 5
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    precision: str = "auto"               # auto | fp32 | bf16 | fp16
+    dtype: str | None = None              # dtype the base weights are loaded in (default: float32)
+    device: str | None = None
+    seed: int = 42
+    resume: bool = False
+    deepspeed: str | None = None
+    gradient_checkpointing: bool = False
+    report_to: str = "auto"               # auto (tensorboard if installed) | none | tensorboard | wandb ...
+
+    def __post_init__(self) -> None:
+        if self.pattern not in PATTERNS:
+            raise ConfigError(f"unknown pattern {self.pattern!r}; choose one of {', '.join(PATTERNS)}")
+        if self.tune not in TUNES:
+            raise ConfigError(f"unknown --tune {self.tune!r}; choose one of {', '.join(TUNES)}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16 or fp16")
+        for name in ("batch_size", "grad_accum", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.pattern == "none":
+            self.markers = False      # nothing to mark without passages
+
+    @property
+    def uses_markers(self) -> bool:
+        return self.pattern != "none" and self.markers
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _precision_flags(precision: str, on_cuda: bool) -> dict[str, bool]:
+    if precision == "auto":
+        if not on_cuda:
+            return {}
+        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    if precision in ("bf16", "fp16") and not on_cuda:
+        raise ConfigError(f"--precision {precision} needs a GPU; use fp32 (or auto) on CPU")
+    return {precision: True} if precision != "fp32" else {}
+
+
+def _checkpointing_flag(on: bool) -> dict[str, bool]:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    if not on:
+        return {}
+    import inspect
+
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    return {"activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing": True}
+
+
+def _report_to(choice: str) -> list[str]:
+    if choice == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return [] if choice == "none" else [choice]
+
+
+def make_trainer_class():
+    """The Trainer subclass with our loss (built lazily: importing transformers.Trainer is slow)."""
+    from transformers import Trainer
+
+    class FlashBackTrainer(Trainer):
+        # Our loss is a mean over the micro-batch's target tokens (all examples have `stride` of them),
+        # so the Trainer divides it by the accumulation steps itself.
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args, banned_ids: list[int] | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.banned_ids = banned_ids or []
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            nll, count = target_nll(model, inputs, self.banned_ids)
+            loss = nll / count.clamp(min=1)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return FlashBackTrainer
+
+
+def build_model(cfg: TrainConfig):
+    """Load the base model, add the markers when used, wrap it for LoRA or full tuning."""
+    from ..models import add_marker_tokens, load_model
+    from .tuning import full_model, lora_model
+
+    model, tokenizer = load_model(cfg.model, device="cpu", dtype=cfg.dtype or "float32")
+    from .adapters import base_record
+
+    base = base_record(model, tokenizer, cfg.model)
+    markers = add_marker_tokens(model, tokenizer) if cfg.uses_markers else None
+    if cfg.tune == "lora":
+        model = lora_model(model, cfg.lora, markers.as_list() if markers else None)
+    else:
+        model = full_model(model)
+    model.train()
+    return model, tokenizer, markers, base
+
+
+def train(cfg: TrainConfig, show_progress: bool = True):
+    """Train and write the adapter (or full model) to ``cfg.out``.
+
+    Returns ``(model, tokenizer, metrics)``: the trained (PEFT) model in eval mode and the metrics.
+    """
+    try:
+        from transformers import TrainingArguments
+    except ImportError:
+        raise MissingDependencyError("training needs transformers and accelerate: pip install 'flashback-rag[train]'") from None
+
+    prepared = read_prepared_args(cfg.data)
+    pcfg = prepared["config"]
+    out = Path(cfg.out)
+    model, tokenizer, markers, base = build_model(cfg)
+    if prepared["tokenizer"]["fingerprint"] != tokenizer_fingerprint(tokenizer):
+        raise FlashBackError(f"{cfg.data} was prepared with another tokenizer "
+                             f"({prepared['tokenizer'].get('name')}); prepare it again for {cfg.model}")
+
+    train_set = LayoutDataset(read_examples(Path(cfg.data) / "train", cfg.max_train_examples),
+                              cfg.pattern, markers, cfg.top_k)
+    eval_dir = Path(cfg.data) / "validation"
+    eval_set = (LayoutDataset(read_examples(eval_dir, cfg.max_eval_examples), cfg.pattern, markers, cfg.top_k)
+                if eval_dir.is_dir() else None)
+    on_cuda = torch.cuda.is_available() and (cfg.device or "auto") != "cpu"
+    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * cfg.grad_accum))
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        lr_scheduler_type="cosine", warmup_steps=max(0, round(cfg.warmup_ratio * total)),
+        eval_strategy="steps" if (eval_set is not None and cfg.eval_steps > 0) else "no",
+        eval_steps=cfg.eval_steps or None,
+        save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
+        report_to=_report_to(cfg.report_to), seed=cfg.seed,
+        remove_unused_columns=False, use_cpu=not on_cuda, deepspeed=cfg.deepspeed,
+        disable_tqdm=not show_progress, **_checkpointing_flag(cfg.gradient_checkpointing),
+        prediction_loss_only=True, dataloader_num_workers=0, **_precision_flags(cfg.precision, on_cuda))
+    trainer = make_trainer_class()(
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+        data_collator=LeftPadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        banned_ids=markers.as_list() if markers else [])
+    resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    metrics = dict(result.metrics)
+    if eval_set is not None:
+        metrics.update(trainer.evaluate())
+        metrics["eval_ppl"] = math.exp(metrics["eval_loss"]) if "eval_loss" in metrics else None
+    metrics["train_examples"] = len(train_set)
+    metrics["log_history"] = trainer.state.log_history
+
+    if trainer.is_world_process_zero():
+        save_output(trainer.model, tokenizer, cfg, markers, base, pcfg, out, metrics)
+    model = trainer.model
+    model.eval()
+    return model, tokenizer, metrics
+
+
+def save_output(model, tokenizer, cfg: TrainConfig, markers, base, pcfg, out: Path, metrics) -> None:
+    """Write the adapter (LoRA) or model (full) files plus flashback.json and the metrics."""
+    from ..io_utils import atomic_write_json
+    from .adapters import write_meta
+
+    engine = FlashBackConfig(pattern=cfg.pattern, markers=cfg.uses_markers, stride=pcfg["stride"],
+                             query_tokens=pcfg["query_tokens"], doc_tokens=pcfg["doc_tokens"],
+                             top_k=cfg.top_k or pcfg["top_k"], passage_template=pcfg["passage_template"])
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.tune == "full":
+        model.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+    else:
+        # The resized embedding is NOT saved whole: loading re-adds the markers (deterministic mean
+        # rows) and the trained marker rows come from PEFT's trainable-token weights. Keeps a 7B
+        # adapter at LoRA size instead of carrying two vocab x hidden matrices.
+        model.save_pretrained(str(out), save_embedding_layers=False)
+    write_meta(out, tune=cfg.tune, markers=markers, config=engine, base=base,
+               training={**cfg.to_dict(), "prepared": pcfg})
+    atomic_write_json(out / "metrics.json", json.loads(json.dumps(metrics, default=str)))

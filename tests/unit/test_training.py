@@ -1,0 +1,246 @@
+"""Training on tiny-random-llama: preparation layout, loss going down, what changes, save/load, mismatches."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from flashback_rag.corpus import Document
+from flashback_rag.errors import AdapterMismatchError, FlashBackError
+from flashback_rag.models import add_marker_tokens, load_model
+from flashback_rag.retrievers import BM25Retriever
+from flashback_rag.training.adapters import read_meta
+from flashback_rag.training.data import layout, read_examples
+from flashback_rag.training.evaluate import prepared_perplexity, text_perplexity
+from flashback_rag.training.prepare import PrepareConfig, prepare, token_stream
+from flashback_rag.training.trainer import TrainConfig, train
+
+MAX_POS, STRIDE = 96, 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: thread hand-offs cost more than the maths on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _docs(prefix: str, n: int) -> list[Document]:
+    topics = ["cats purr when content", "dogs bark at strangers", "rivers flow to the sea",
+              "bread needs flour and yeast", "trains run on rails", "bees make honey from nectar"]
+    return [Document(title=f"{prefix}{i}", text=" ".join(f"{topics[(i + j) % len(topics)]} number {j}."
+                                                         for j in range(12)))
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    index_docs = _docs("index", 8)
+    retriever = BM25Retriever.build([d.text for d in index_docs], titles=[d.title for d in index_docs])
+    return {"train": _docs("train", 6), "validation": _docs("val", 2)}, retriever
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, corpus):
+    sources, retriever = corpus
+    _, tok = load_model("tiny-random-llama")
+    out = tmp_path_factory.mktemp("prep") / "data"
+    cfg = PrepareConfig(stride=STRIDE, query_tokens=16, doc_tokens=24, max_positions=MAX_POS, shard_size=16)
+    args = prepare(sources, retriever, tok, out, cfg, show_progress=False)
+    return out, args, tok
+
+
+def test_prepared_layout_is_src_markers_passages_tgt_under_the_bound(prepared, corpus):
+    out, args, tok = prepared
+    model, _ = load_model("tiny-random-llama")
+    marks = add_marker_tokens(model, tok)
+    stream = token_stream(corpus[0]["train"], tok)
+    examples = read_examples(out / "train")
+    assert len(examples) == args["counts"]["train"] > 20
+    lengths = set()
+    for ex in examples:
+        ids = layout(ex, "append", marks)
+        passages = [t for p in ex["passages"] for t in p]
+        assert ids == ex["src"] + [marks.left] + passages + [marks.right] + ex["tgt"]
+        assert len(ids) <= MAX_POS and len(ex["tgt"]) == STRIDE and ex["passages"]
+        assert all(len(p) <= 24 for p in ex["passages"])
+        i = ex["point"]       # src and tgt are the stream around the retrieval point
+        assert ex["src"] == stream[i - len(ex["src"]):i] and ex["tgt"] == stream[i:i + STRIDE]
+        lengths.add(len(ids))
+    assert len(lengths) > 3   # the random start position makes examples vary in length
+
+
+def test_default_construction_fills_max_positions(tmp_path, corpus):
+    sources, retriever = corpus
+    _, tok = load_model("tiny-random-llama")
+    cfg = PrepareConfig(stride=STRIDE, query_tokens=16, doc_tokens=24, max_positions=MAX_POS,
+                        construction="default", top_k=2)
+    prepare({"train": sources["train"]}, retriever, tok, tmp_path / "d", cfg, show_progress=False)
+    for ex in read_examples(tmp_path / "d" / "train"):
+        assert len(ex["passages"]) == 2
+        assert len(ex["src"]) + 2 + sum(map(len, ex["passages"])) + len(ex["tgt"]) == MAX_POS
+
+
+def test_prepare_resumes_and_refuses_other_arguments(prepared, corpus):
+    out, args, tok = prepared
+    sources, retriever = corpus
+    shard = sorted((out / "train").glob("*.jsonl"))[0]
+    stamp = shard.stat().st_mtime_ns
+    shard.unlink()
+    later = sorted((out / "train").glob("*.jsonl"))[-1]
+    later_stamp = later.stat().st_mtime_ns
+    cfg = PrepareConfig(stride=STRIDE, query_tokens=16, doc_tokens=24, max_positions=MAX_POS, shard_size=16)
+    again = prepare(sources, retriever, tok, out, cfg, show_progress=False)
+    assert again["counts"] == args["counts"] and shard.is_file() and shard.stat().st_mtime_ns != stamp
+    assert later.stat().st_mtime_ns == later_stamp          # finished shards are not redone
+    with pytest.raises(FlashBackError, match="other arguments"):
+        prepare(sources, retriever, tok, out, PrepareConfig(stride=4, max_positions=MAX_POS, doc_tokens=24),
+                show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prepared):
+    out, _, _ = prepared
+    adapter = tmp_path_factory.mktemp("adapter") / "append-markers"
+    cfg = TrainConfig(model="tiny-random-llama", data=str(out), out=str(adapter), pattern="append",
+                      markers=True, learning_rate=5e-3, batch_size=8, max_steps=24, logging_steps=4,
+                      warmup_ratio=0.1, report_to="none")
+    model, tok, metrics = train(cfg, show_progress=False)
+    return adapter, model, tok, metrics, out
+
+
+def test_training_lowers_the_loss(trained):
+    adapter, model, tok, metrics, data = trained
+    losses = [h["loss"] for h in metrics["log_history"] if "loss" in h]
+    assert losses[-1] < losses[0] - 0.3
+    base, base_tok = load_model("tiny-random-llama")
+    val = read_examples(data / "validation")
+    before = prepared_perplexity(base, base_tok, val, "append", markers=True)["ppl"]
+    after = prepared_perplexity(model, tok, val, "append", markers=True)["ppl"]
+    assert after < before and math.isclose(after, metrics["eval_ppl"], rel_tol=1e-4)
+
+
+def test_only_lora_weights_and_the_two_marker_rows_change(trained):
+    adapter, *_ = trained
+    base, tok = load_model("tiny-random-llama")
+    marks = add_marker_tokens(base, tok)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:    # LoRA + 2 rows, no embedding
+        assert all("lora_" in k or "trainable_tokens" in k for k in f.keys())
+    loaded, _ = load_model("tiny-random-llama", adapter=adapter)
+    meta = read_meta(adapter)
+    assert meta["markers"]["left"] == marks.left and meta["markers"]["right"] == marks.right
+    trainable_extra = 0
+    for name, tensor in loaded.named_parameters():
+        if "lora_" in name or "trainable_tokens" in name:
+            trainable_extra += 1
+            continue
+        key = (name.replace("base_model.model.", "").replace(".base_layer", "")
+               .replace(".token_adapter", ""))
+        assert torch.equal(tensor, original[key]), name     # frozen weights are bit-identical
+    assert trainable_extra > 0
+    merged = loaded.merge_and_unload()
+    emb, emb0 = merged.get_input_embeddings().weight, original["model.embed_tokens.weight"]
+    others = [i for i in range(emb.shape[0]) if i not in marks.as_list()]
+    assert torch.equal(emb[others], emb0[others])
+    assert not torch.equal(emb[marks.as_list()], emb0[marks.as_list()])
+
+
+def test_save_load_same_logits_and_merged_export(trained, tmp_path):
+    from flashback_rag.training.adapters import export_merged
+
+    adapter, model, tok, _, data = trained
+    ex = read_examples(data / "validation", limit=1)[0]
+    loaded, tok2 = load_model("tiny-random-llama", adapter=adapter)
+    marks = add_marker_tokens(loaded, tok2)
+    ids = torch.tensor([layout(ex, "append", marks)])
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, loaded(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    out = export_merged("tiny-random-llama", adapter, tmp_path / "merged")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    plain = AutoModelForCausalLM.from_pretrained(out)        # any HF loader reads it, markers included
+    assert AutoTokenizer.from_pretrained(out).convert_tokens_to_ids(["<MARK_L>", "<MARK_R>"]) == marks.as_list()
+    with torch.no_grad():
+        c = plain(input_ids=ids).logits
+    assert torch.allclose(a, c, atol=1e-4)
+
+
+def test_from_pretrained_restores_the_adapter_settings(trained):
+    from flashback_rag import FlashBack
+
+    adapter, *_ = trained
+    retriever = BM25Retriever.build(["cats purr when content", "dogs bark at strangers"])
+    fb = FlashBack.from_pretrained("tiny-random-llama", adapter=str(adapter), retriever=retriever)
+    assert fb.config.pattern == "append" and fb.config.markers and fb.config.stride == STRIDE
+    assert fb.markers.as_list() == [read_meta(adapter)["markers"][k] for k in ("left", "right")]
+    result = fb.generate("cats purr", max_new_tokens=10, ignore_eos=True)
+    assert fb.generate("cats purr", max_new_tokens=10, ignore_eos=True, use_cache=False).token_ids == result.token_ids
+
+
+def test_mismatched_adapter_is_refused(trained):
+    adapter, *_ = trained
+    with pytest.raises(AdapterMismatchError, match="model_type"):
+        load_model("tiny-random-qwen2", adapter=adapter)
+    model, tok = load_model("tiny-random-llama")
+    tok.add_tokens(["<extra>"])                  # another tokenizer: the markers would land elsewhere
+    from flashback_rag.training.adapters import apply_adapter
+
+    with pytest.raises(AdapterMismatchError):
+        apply_adapter(model, tok, adapter)
+    with pytest.raises(AdapterMismatchError, match="no flashback.json"):
+        load_model("tiny-random-llama", adapter=adapter / "checkpoints")
+
+
+def test_multi_passage_average_and_text_perplexity(trained, corpus):
+    adapter, model, tok, _, data = trained
+    val = read_examples(data / "validation", limit=4)
+    single = prepared_perplexity(model, tok, val, "append", True, top_k=1, multi="average")
+    concat = prepared_perplexity(model, tok, val, "append", True, top_k=1, multi="concat")
+    assert math.isclose(single["ppl"], concat["ppl"], rel_tol=1e-4)   # one passage: both scorings agree
+    alone = prepared_perplexity(model, tok, val, "append", True, top_k=1, batch_size=1)
+    assert math.isclose(alone["ppl"], concat["ppl"], rel_tol=1e-4)    # left padding changes nothing
+    assert len({len(layout(ex, "append", None)) for ex in val}) > 1
+    text = corpus[0]["validation"][0].text
+    res = text_perplexity(model, tok, text, corpus[1], "append", True, stride=STRIDE, query_tokens=16,
+                          doc_tokens=24, max_positions=MAX_POS, max_tokens=200)
+    assert res["tokens"] == (200 // STRIDE - 1) * STRIDE and res["ppl"] > 1
+
+
+def test_full_tuning_writes_a_model_folder_with_its_settings(prepared, tmp_path):
+    from flashback_rag import FlashBack
+
+    data, _, _ = prepared
+    cfg = TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / "full"), tune="full",
+                      pattern="prepend", markers=True, learning_rate=1e-3, batch_size=8, max_steps=2,
+                      report_to="none", max_eval_examples=4)
+    model, tok, _ = train(cfg, show_progress=False)
+    assert read_meta(tmp_path / "full")["tune"] == "full"
+    retriever = BM25Retriever.build(["cats purr when content"])
+    fb = FlashBack.from_pretrained(str(tmp_path / "full"), retriever=retriever)
+    assert fb.config.pattern == "prepend" and fb.config.markers
+    marks = read_meta(tmp_path / "full")["markers"]
+    assert fb.markers.as_list() == [marks["left"], marks["right"]]
+    ids = torch.tensor([[5, 6, marks["left"], 7, marks["right"], 8]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, fb.model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_cli_reports_a_mismatched_adapter_as_one_line(trained, capsys):
+    from flashback_rag.cli import main
+
+    adapter, *_, data = trained
+    code = main(["eval", "ppl", "--model", "tiny-random-qwen2", "--adapter", str(adapter), "--data", str(data)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("flashback: error: adapter")
