@@ -53,6 +53,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
     g.add_argument("--top-k", type=int, default=1, help="passages per retrieval")
     g.add_argument("--max-context", type=int, default=None, help="cap the context window (tokens)")
     g.add_argument("--strict", action="store_true", help="stop when the retriever fails (default: skip)")
+    g.add_argument("--adapter", default=None, help="adapter folder from `flashback train` (LoRA + markers)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
 
@@ -74,7 +75,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if config.retrieves and not args.index:
         raise FlashBackError(f"--pattern {config.pattern} needs --index DIR (or use --pattern none)")
     retriever = load_index(args.index) if args.index else None
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
     fb = FlashBack(model, tokenizer, retriever, config)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                    top_k=args.sample_top_k, seed=args.seed, stop=args.stop or None)

@@ -244,3 +244,24 @@ def test_cli_reports_a_mismatched_adapter_as_one_line(trained, capsys):
     code = main(["eval", "ppl", "--model", "tiny-random-qwen2", "--adapter", str(adapter), "--data", str(data)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("flashback: error: adapter")
+
+
+def test_cli_generate_with_an_adapter(trained, tmp_path, capsys):
+    import json
+
+    from flashback_rag.cli import main
+    from flashback_rag.retrievers import BM25Retriever
+
+    adapter, *_ = trained
+    BM25Retriever.build(["cats purr when content", "dogs bark at night"]).save(tmp_path / "idx")
+    base = ["generate", "--model", "tiny-random-llama", "--index", str(tmp_path / "idx"), "--stride", "4",
+            "--doc-tokens", "16", "--max-new-tokens", "6", "--json", "cats purr"]
+    assert main(base + ["--adapter", str(adapter)]) == 0
+    with_adapter = json.loads(capsys.readouterr().out)
+    assert main(base) == 0
+    without = json.loads(capsys.readouterr().out)
+    assert with_adapter["retrievals"] and with_adapter["token_ids"] != without["token_ids"]
+    bad = ["generate", "--model", "tiny-random-gpt2", "--adapter", str(adapter), "--pattern", "none", "hi"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flashback: error: adapter")
