@@ -195,7 +195,12 @@ class FlashBack:
         result = GenerationResult(text="", token_ids=[], finish_reason="length", pattern=cfg.pattern)
         stats = result.stats
         stats.prompt_tokens = len(tokens)
-        source = CachedLogits(self.model, stats) if use_cache else RecomputedLogits(self.model, stats)
+        if use_cache:
+            # The longest logical context this call can reach: allocate the cache that long once.
+            longest = len(tokens) + max_new_tokens + cfg.max_block_tokens
+            source = CachedLogits(self.model, stats, capacity=min(longest, self.max_context or longest))
+        else:
+            source = RecomputedLogits(self.model, stats)
         text = TextAssembler(self.tokenizer, stops) if want_text else None
         eos = None if ignore_eos else self.tokenizer.eos_token_id
         window, point, block = anchor, len(tokens), []      # tokens[anchor:window] slid out

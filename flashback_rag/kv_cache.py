@@ -81,28 +81,30 @@ class _Source:
 
 
 class CachedLogits(_Source):
-    """Logits from a KV cache that is reused across steps and cropped at retrieval points."""
+    """Logits from a KV cache that is reused across steps and cropped at retrieval points.
 
-    def __init__(self, model, stats) -> None:
+    ``capacity``: the longest context expected; the cache's buffers are allocated that long once, so
+    neither decoding (no per-token ``torch.cat``) nor prepend's recompute (no new cache) allocates.
+    """
+
+    def __init__(self, model, stats, capacity: int | None = None) -> None:
         super().__init__(model, stats)
+        self.capacity = capacity
         self.cache = None
         self.held: list[int] = []       # the logical tokens whose keys/values the cache holds
 
-    @staticmethod
-    def _fresh():
-        from transformers import DynamicCache
+    def _fresh(self):
+        from .growing_cache import DEFAULT_CAPACITY, GrowingCache
 
-        # A plain (full-attention) cache: every layer can be cropped to any length.
-        return DynamicCache()
+        # A full-attention cache in preallocated buffers: every layer can be cropped to any length.
+        return GrowingCache(self.capacity or DEFAULT_CAPACITY)
 
     def resync(self, context: list[int]) -> torch.Tensor:
         """Logits for an arbitrary new ``context``: keep the common prefix, feed the rest."""
         keep = min(common_prefix_len(self.held, context), len(context) - 1)
-        if self.cache is None or keep == 0:
+        if self.cache is None:
             self.cache = self._fresh()
-            keep = 0
-        else:
-            crop_cache(self.cache, keep)
+        crop_cache(self.cache, keep)    # keep == 0 empties it but keeps its buffers
         self.stats.reused_tokens += keep
         self.held = self.held[:keep]
         return self._feed(context[keep:])
