@@ -207,8 +207,13 @@ def calibrate(model, prompt: list[int], block: int, repeats: int = 5) -> dict[st
 
 
 # ----------------------------------------------------------------------------- cost model
-def schedule(pattern: str, init: int, total: int, stride: int, block: int) -> list[tuple[int, int]]:
-    """The forwards a generation makes: (tokens fed, context length before them), in order."""
+def schedule(pattern: str, init: int, total: int, stride: int, block: int, markers: bool = True
+             ) -> list[tuple[int, int]]:
+    """The forwards a generation makes: (tokens fed, context length before them), in order.
+
+    With markers, prepend's recomputes all start with the same ``<MARK_L>``, whose cached position the
+    engine keeps (the longest common prefix rule), so they feed one token less.
+    """
     new = total - init
     if pattern == "none":
         return [(init, 0)] + [(1, init + j) for j in range(1, new)]
@@ -218,7 +223,8 @@ def schedule(pattern: str, init: int, total: int, stride: int, block: int) -> li
         if j % stride == 0:
             r = j // stride
             if pattern == "prepend":
-                forwards.append((block + length, 0))
+                shared = int(markers and r > 0)
+                forwards.append((block + length - shared, shared))
             elif r == 0:
                 forwards.append((init + block, 0))
             else:
