@@ -452,7 +452,11 @@ def parse_args(argv=None):
     p.add_argument("--name", default=None, help="results file name (default from model and T)")
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/ files")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--merge", nargs="+", metavar="JSON", type=Path,
+                   help="no timing: combine earlier results files into one table and plot (--name)")
     args = p.parse_args(argv)
+    if args.merge:
+        return args
     for total in args.T:
         if total <= args.init_length:
             p.error(f"--T {total} must be larger than --init-length {args.init_length}")
@@ -461,8 +465,28 @@ def parse_args(argv=None):
     return args
 
 
+def merge(paths: list[Path], name: str) -> int:
+    """One table and plot from several results files (each point keeps its own machine and load)."""
+    runs, metas = [], []
+    for path in paths:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        runs += report.get("runs") or [report]
+        metas.append({k: report[k] for k in ("command", "load_before", "load_after", "repeats", "machine",
+                                             "dtype") if k in report})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = dict(metas[0], command="; ".join(m["command"] for m in metas),
+                load_before=[m["load_before"] for m in metas], load_after=[m["load_after"] for m in metas],
+                repeats=",".join(str(m["repeats"]) for m in metas))
+    atomic_write_text(RESULTS / f"{name}.md", markdown(runs, meta))
+    plot(runs, RESULTS / f"{name}.png", "merged: " + ", ".join(p.name for p in paths))
+    print(markdown(runs, meta))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.name or "speed-merged")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.random_init or args.model

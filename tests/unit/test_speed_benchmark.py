@@ -71,3 +71,7 @@ def test_end_to_end_json_and_files(speed, tmp_path, monkeypatch, capsys):
     assert report["block_tokens"] == [18, 18, 18]
     assert {p.name for p in tmp_path.iterdir()} == {"t.json", "t.md", "t.png"}
     assert "| gpt2 | 72 |" in (tmp_path / "t.md").read_text()
+    # --merge: one table and plot from earlier results files, no timing
+    assert speed.main(["--merge", str(tmp_path / "t.json"), str(tmp_path / "t.json"), "--name", "m"]) == 0
+    assert (tmp_path / "m.png").is_file()
+    assert (tmp_path / "m.md").read_text().count("| gpt2 | 72 |") == 2
