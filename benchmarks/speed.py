@@ -30,10 +30,10 @@ at a time (decode steps) and, at each retrieval point r = 0..R-1, one multi-toke
     append:   L0 + d' at r = 0, then s + d' (the last stride's tokens + the new block; the prefix stays)
     none:     L0 once, then n - 1 decode steps
 
-Summed over r, prepend re-encodes about R*(d' + L0) + s*R^2/2 tokens, growing with T^2: this is the
-paper's C0 = 2T(T+s)bh^2 l/s (FLOPs of re-encoding ~T^2/(2s) tokens at ~4bh^2 l... each). Append
-re-encodes R*(s + d') tokens, growing with T; with LoRA every fed token also pays the adapter, the
-paper's C1 = 2l(4r+1)bhT(d+2s)/s. Two predictions are printed:
+Summed over r, prepend re-encodes about R*(d' + L0) + s*R^2/2 tokens, quadratic in T: with L0 = 0
+that is T(T+s)/(2s) tokens, which at 4bh^2 l FLOPs per token (the attention projections) is the
+paper's C0 = 2T(T+s)bh^2 l/s. Append re-encodes R*(s + d') tokens, linear in T; the paper's
+C1 = 2l(4r+1)bhT(d+2s)/s is the LoRA adapter's share of that work. Two predictions are printed:
 
 * ``flops_speedup``: FLOPs of the prepend schedule over FLOPs of the append schedule, every token
   costing 2 x (linear-layer parameters) plus its attention (4 x layers x width x context), the output
