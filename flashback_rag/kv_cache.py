@@ -47,7 +47,10 @@ def crop_cache(cache, length: int) -> None:
 
 
 def _logits_kwargs(model) -> dict:
-    params = inspect.signature(model.forward).parameters
+    # A PEFT wrapper's forward takes **kwargs and hands them to the base model: look at that one,
+    # or every prefill would compute full-vocabulary logits for every position.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
     if "logits_to_keep" in params:
         return {"logits_to_keep": 1}
     if "num_logits_to_keep" in params:
