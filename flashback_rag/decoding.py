@@ -210,13 +210,14 @@ class FlashBack:
             for step in range(max_new_tokens):
                 n = len(tokens)
                 resync = step == 0 or not use_cache
+                at_point = cfg.retrieves and step % cfg.stride == 0
                 # 1. retrieval point: query = last query_tokens tokens -> passage block
-                if cfg.retrieves and step % cfg.stride == 0:
+                if at_point:
                     point, block = n, self._retrieve(tokens, anchor, step, result)
                     resync = True
-                # 2. slide the window if the context until the next retrieval point would not fit
-                if self.max_context is not None and (cfg.retrieves and step % cfg.stride == 0
-                                                     or not cfg.retrieves):
+                # 2. slide the window if the context until the next check (the next retrieval point,
+                #    or the next token without retrieval) would not fit
+                if self.max_context is not None and (at_point or not cfg.retrieves):
                     ahead = min(cfg.stride, max_new_tokens - step) if cfg.retrieves else 1
                     start = self._slide_start(n, ahead, anchor, len(block), window)
                     if start != window:
