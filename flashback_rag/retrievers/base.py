@@ -93,6 +93,12 @@ class IndexRetriever(abc.ABC):
         """Read an index folder written by :meth:`save`."""
 
     @classmethod
+    @abc.abstractmethod
+    def from_chunks(cls, chunks: Iterable[dict[str, Any]], show_progress: bool = False,
+                    manifest_extra: dict[str, Any] | None = None, **options: Any) -> "IndexRetriever":
+        """An in-memory retriever over chunk records ``{"id", "title", "contents"}``."""
+
+    @classmethod
     def build_folder(cls, chunks: Iterable[dict[str, Any]], directory: str | Path, show_progress: bool = False,
                      manifest_extra: dict[str, Any] | None = None, **options: Any) -> None:
         """Build the index folder ``directory`` from a stream of chunk records, atomically.
@@ -100,10 +106,22 @@ class IndexRetriever(abc.ABC):
         The default builds in memory and saves; back-ends meant for large corpora (lucene, dense)
         override it to stream the chunks to disk instead of holding them.
         """
-        builder = getattr(cls, "from_chunks")
-        builder(chunks, show_progress=show_progress, manifest_extra=manifest_extra, **options).save(directory)
+        cls.from_chunks(chunks, show_progress=show_progress, manifest_extra=manifest_extra, **options).save(directory)
 
     # -- shared behaviour --------------------------------------------------------------------
+    @classmethod
+    def build(cls, texts: Sequence[str], titles: Sequence[str] | None = None,
+              ids: Sequence[str] | None = None, **options: Any) -> "IndexRetriever":
+        """Index ``texts`` (with optional ``titles`` and ``ids``); ``options`` go to ``from_chunks``."""
+        if titles is not None and len(titles) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(titles)} titles")
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+        chunks = ({"id": str(ids[i]) if ids is not None else str(i),
+                   "title": titles[i] if titles is not None else "", "contents": text}
+                  for i, text in enumerate(texts))
+        return cls.from_chunks(chunks, **options)
+
     def set_forbidden_titles(self, titles: Iterable[str] | str | Path | None) -> "IndexRetriever":
         """Never return passages with these titles (a set, or a file with one title a line)."""
         if titles is None:

@@ -13,7 +13,7 @@ term with the query (score 0) are dropped: no passage is better than a random on
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,20 +61,6 @@ class BM25Retriever(IndexRetriever):
         self._stem = _stemmer(stemmer)
 
     # -- building ---------------------------------------------------------------------------
-    @classmethod
-    def build(cls, texts: Sequence[str], titles: Sequence[str] | None = None,
-              ids: Sequence[str] | None = None, stemmer: str | None = "english",
-              stopwords: str | None = "en", show_progress: bool = False) -> "BM25Retriever":
-        """Index ``texts`` (with optional ``titles`` and ``ids``) in memory."""
-        if titles is not None and len(titles) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(titles)} titles")
-        if ids is not None and len(ids) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
-        chunks = [{"id": str(ids[i]) if ids is not None else str(i),
-                   "title": titles[i] if titles is not None else "", "contents": text}
-                  for i, text in enumerate(texts)]
-        return cls.from_chunks(chunks, stemmer=stemmer, stopwords=stopwords, show_progress=show_progress)
-
     @classmethod
     def from_chunks(cls, chunks: Iterable[dict[str, Any]], stemmer: str | None = "english",
                     stopwords: str | None = "en", show_progress: bool = False,

@@ -26,7 +26,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,16 +243,6 @@ class DenseRetriever(IndexRetriever):
             folder = Path(tmp) / "index"
             cls.build_folder(chunks, folder, show_progress=show_progress, manifest_extra=manifest_extra, **options)
             return cls.load(folder, device=options.get("device"))
-
-    @classmethod
-    def build(cls, texts: Sequence[str], titles: Sequence[str] | None = None,
-              ids: Sequence[str] | None = None, **options: Any) -> "DenseRetriever":
-        """Index ``texts`` (with optional ``titles`` and ``ids``), like ``BM25Retriever.build``."""
-        if titles is not None and len(titles) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(titles)} titles")
-        chunks = ({"id": str(ids[i]) if ids is not None else str(i),
-                   "title": titles[i] if titles is not None else "", "contents": t} for i, t in enumerate(texts))
-        return cls.from_chunks(chunks, **options)
 
     # -- searching --------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -165,16 +165,6 @@ class LuceneRetriever(IndexRetriever):
         folder = Path(tmp.name) / "index"
         cls.build_folder(chunks, folder, show_progress=show_progress, manifest_extra=manifest_extra, **options)
         return cls(folder, read_manifest(folder, backend=cls.backend), _tmp=tmp)
-
-    @classmethod
-    def build(cls, texts: Sequence[str], titles: Sequence[str] | None = None,
-              ids: Sequence[str] | None = None, **options: Any) -> "LuceneRetriever":
-        """Index ``texts`` (with optional ``titles`` and ``ids``), like ``BM25Retriever.build``."""
-        if titles is not None and len(titles) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(titles)} titles")
-        chunks = ({"id": str(ids[i]) if ids is not None else str(i),
-                   "title": titles[i] if titles is not None else "", "contents": t} for i, t in enumerate(texts))
-        return cls.from_chunks(chunks, **options)
 
     # -- searching --------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -16,7 +16,6 @@ Tokenizers without a chat template (the tiny random models) get ``role: content`
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Dict, List, Optional
 
@@ -24,9 +23,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr, field_serializer
 
-from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
 from flashback_rag.frameworks import aiter_in_thread, result_summary
 
 from .llms import FlashBackEngineMixin
@@ -46,38 +43,6 @@ def messages_to_prompt(tokenizer, messages: List[BaseMessage]) -> str:
 class ChatFlashBack(FlashBackEngineMixin, BaseChatModel):
     """A LangChain chat model backed by a FlashBack engine; same constructor as ``FlashBackLLM``."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    model: str
-    adapter: Optional[str] = None
-    retriever: Any = Field(default=None, exclude=True)
-    config: Any = Field(default=None)
-    max_new_tokens: int = Field(default=256, gt=0)
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    sample_top_k: int = Field(default=0, ge=0)
-    seed: Optional[int] = None
-    stop: Optional[List[str]] = None
-    ignore_eos: bool = False
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-
-    _engine: FlashBack = PrivateAttr()
-    _last_result: Optional[GenerationResult] = PrivateAttr(default=None)
-
-    @field_serializer("config")
-    def _config_as_dict(self, config: Any) -> Optional[Dict[str, Any]]:
-        return config.to_dict() if isinstance(config, FlashBackConfig) else config
-
-    def __init__(self, model: Any = None, *, adapter: Optional[str | os.PathLike] = None,
-                 retriever: Any = None, config: FlashBackConfig | Dict[str, Any] | None = None,
-                 max_new_tokens: int = 256, device: Optional[str] = None, dtype: Optional[str] = None,
-                 **kwargs: Any) -> None:
-        engine, name, rest = self._build(model, adapter, retriever, config, device, dtype, kwargs)
-        super().__init__(model=name, adapter=None if adapter is None else str(adapter), retriever=retriever,
-                         config=engine.config, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-                         **rest)
-        self._engine = engine
 
     @property
     def _llm_type(self) -> str:

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict, Field, PrivateAttr, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer
 
 from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
 from flashback_rag.frameworks import aiter_in_thread, build_engine, result_summary, split_config_fields
@@ -44,11 +44,42 @@ from .retrievers import as_flashback_retriever
 CALL_KEYS = ("max_new_tokens", "temperature", "top_p", "sample_top_k", "seed", "ignore_eos", "use_cache")
 
 
-class FlashBackEngineMixin:
-    """What FlashBackLLM and ChatFlashBack share: the engine, per-call settings, streaming."""
+class FlashBackEngineMixin(BaseModel):
+    """What FlashBackLLM and ChatFlashBack share: the constructor and its fields, the engine, per-call
+    settings, streaming. (A pydantic model, so the LangChain classes inherit its fields.)"""
 
-    _engine: FlashBack
-    _last_result: Optional[GenerationResult]
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str
+    adapter: Optional[str] = None
+    retriever: Any = Field(default=None, exclude=True)
+    config: Any = Field(default=None)
+    max_new_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    sample_top_k: int = Field(default=0, ge=0)
+    seed: Optional[int] = None
+    stop: Optional[List[str]] = None
+    ignore_eos: bool = False
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+
+    _engine: FlashBack = PrivateAttr()
+    _last_result: Optional[GenerationResult] = PrivateAttr(default=None)
+
+    @field_serializer("config")
+    def _config_as_dict(self, config: Any) -> Optional[Dict[str, Any]]:
+        return config.to_dict() if isinstance(config, FlashBackConfig) else config
+
+    def __init__(self, model: Any = None, *, adapter: Optional[str | os.PathLike] = None,
+                 retriever: Any = None, config: FlashBackConfig | Dict[str, Any] | None = None,
+                 max_new_tokens: int = 256, device: Optional[str] = None, dtype: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        engine, name, rest = self._build(model, adapter, retriever, config, device, dtype, kwargs)
+        super().__init__(model=name, adapter=None if adapter is None else str(adapter), retriever=retriever,
+                         config=engine.config, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
+                         **rest)
+        self._engine = engine
 
     @staticmethod
     def _build(model: Any, adapter: Any, retriever: Any, config: Any, device: Any, dtype: Any,
@@ -119,39 +150,6 @@ class FlashBackLLM(FlashBackEngineMixin, LLM):
         max_new_tokens: tokens per call. temperature, top_p, sample_top_k, seed: sampling (greedy by
             default). stop: default stop strings (a call's ``stop`` adds to them). ignore_eos.
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    model: str
-    adapter: Optional[str] = None
-    retriever: Any = Field(default=None, exclude=True)
-    config: Any = Field(default=None)
-    max_new_tokens: int = Field(default=256, gt=0)
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    sample_top_k: int = Field(default=0, ge=0)
-    seed: Optional[int] = None
-    stop: Optional[List[str]] = None
-    ignore_eos: bool = False
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-
-    _engine: FlashBack = PrivateAttr()
-    _last_result: Optional[GenerationResult] = PrivateAttr(default=None)
-
-    @field_serializer("config")
-    def _config_as_dict(self, config: Any) -> Optional[Dict[str, Any]]:
-        return config.to_dict() if isinstance(config, FlashBackConfig) else config
-
-    def __init__(self, model: Any = None, *, adapter: Optional[str | os.PathLike] = None,
-                 retriever: Any = None, config: FlashBackConfig | Dict[str, Any] | None = None,
-                 max_new_tokens: int = 256, device: Optional[str] = None, dtype: Optional[str] = None,
-                 **kwargs: Any) -> None:
-        engine, name, rest = self._build(model, adapter, retriever, config, device, dtype, kwargs)
-        super().__init__(model=name, adapter=None if adapter is None else str(adapter), retriever=retriever,
-                         config=engine.config, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-                         **rest)
-        self._engine = engine
 
     @property
     def _llm_type(self) -> str:
