@@ -24,3 +24,19 @@ def smollm2():
     from flashback_rag import load_model
 
     return load_model("smollm2-135m")
+
+
+
+@pytest.fixture(scope="session")
+def pydoc_topics_jsonl(tmp_path_factory):
+    """PYDOC_TOPICS as a JSONL corpus file with titles."""
+    import json
+
+    from helpers import PYDOC_TOPICS
+
+    from flashback_rag.stdlib_corpus import pydoc_topic_documents
+
+    path = tmp_path_factory.mktemp("corpus") / "topics.jsonl"
+    docs = {d.title: d.text for d in pydoc_topic_documents()}
+    path.write_text("".join(json.dumps({"title": t, "text": docs[t]}) + "\n" for t in PYDOC_TOPICS))
+    return path

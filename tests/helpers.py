@@ -11,6 +11,10 @@ import zlib
 
 from flashback_rag.retrievers import Passage
 
+# Python language-reference sections: a small real corpus that exists wherever Python does
+# (the pydoc_topics_jsonl fixture writes them as a JSONL corpus file).
+PYDOC_TOPICS = ["with", "for", "assert", "lambda", "del", "global", "while", "class"]
+
 TEXTS = [
     "Paris is the capital and largest city of France, on the river Seine.",
     "Rome is the capital of Italy; its historic centre holds many churches and ruins.",

@@ -7,24 +7,20 @@ import json
 import shutil
 
 import pytest
+from helpers import PYDOC_TOPICS
 
 from flashback_rag.cli import main
 from flashback_rag.errors import FlashBackError, IndexFormatError
 from flashback_rag.indexing import build_index
 from flashback_rag.retrieve import retrieve_documents
 from flashback_rag.retrievers import load_index, read_manifest
-from flashback_rag.stdlib_corpus import pydoc_topic_documents
 
 pytestmark = pytest.mark.integration
-TOPICS = ["with", "for", "assert", "lambda", "del", "global", "while", "class"]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "topics.jsonl"
-    docs = {d.title: d.text for d in pydoc_topic_documents()}
-    path.write_text("".join(json.dumps({"title": t, "text": docs[t]}) + "\n" for t in TOPICS))
-    return path
+def corpus(pydoc_topics_jsonl):
+    return pydoc_topics_jsonl
 
 
 @pytest.fixture(scope="module", params=["lucene", "dense"])
@@ -43,7 +39,7 @@ def test_reload_and_find_the_source_chunk_first(index):
     assert manifest["chunking"] == {"chunk_tokens": 64, "tokenizer": "words"}
     retriever = load_index(index)
     chunks = _chunks(index)
-    assert len(retriever) == len(chunks) == manifest["num_chunks"] > len(TOPICS)
+    assert len(retriever) == len(chunks) == manifest["num_chunks"] > len(PYDOC_TOPICS)
     picked = chunks[:: max(1, len(chunks) // 6)]
     # A 30-word span of a chunk (BM25) / the chunk itself (dense: a sanity check, not a quality claim).
     queries = [" ".join(c["contents"].split()[10:40]) if manifest["backend"] == "lucene" else c["contents"]

@@ -13,21 +13,15 @@ from flashback_rag.indexing import build_index
 from flashback_rag.retrieval_records import load_records, read_records, write_records
 from flashback_rag.retrieve import retrieve_documents
 from flashback_rag.retrievers import BM25Retriever, load_index
-from flashback_rag.stdlib_corpus import pydoc_topic_documents
 
-TOPICS = ["with", "for", "assert", "lambda", "del", "global", "while", "class"]
 WIKITEXT_LINES = ["", " = Alpha Article = \n", "", " Alpha was founded by sailors in the north . \n",
                   " = = History = = \n", " The sailors built a harbour of granite . \n", "",
                   " = Beta Thing = \n", "", " Beta is a mountain covered in pine forests . \n"]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small real corpus: Python language-reference sections, as JSONL with titles."""
-    path = tmp_path_factory.mktemp("corpus") / "topics.jsonl"
-    docs = {d.title: d.text for d in pydoc_topic_documents()}
-    path.write_text("".join(json.dumps({"title": t, "text": docs[t]}) + "\n" for t in TOPICS))
-    return path
+def corpus(pydoc_topics_jsonl):
+    return pydoc_topics_jsonl
 
 
 @pytest.fixture(scope="module")
