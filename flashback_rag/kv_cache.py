@@ -36,14 +36,10 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def crop_cache(cache, length: int) -> None:
-    """Keep the first ``length`` positions of a transformers cache (4.x and 5.x signatures)."""
+    """Keep the first ``length`` positions of a transformers 5 cache (DynamicCache or GrowingCache)."""
     current = cache.get_seq_length()
-    if length >= current:
-        return
-    if "tokens_to_remove" in inspect.signature(cache.crop).parameters:
-        cache.crop(length - current)      # transformers 5: a negative count of tokens to remove
-    else:
-        cache.crop(length)                # transformers 4: the length to keep
+    if length < current:
+        cache.crop(length - current)      # transformers 5 takes a negative count of tokens to remove
 
 
 def _logits_kwargs(model) -> dict:
