@@ -39,6 +39,10 @@ class FlashBackConfig:
     query_tokens:  the query is the last ``query_tokens`` tokens of the running text.
     doc_tokens:    each passage is truncated to this many tokens.
     top_k:         passages per retrieval, concatenated in rank order inside one marker pair.
+    echo_tokens:   append only: after ``<MARK_R>`` repeat the last ``echo_tokens`` prefix tokens
+                   (``x[:i] + [MARK_L] + P + [MARK_R] + x[i-k:i] + x[i:]``), which hands the model back
+                   its place in the text after the passage. The echo belongs to the block, so the prefix's
+                   cache stays exact. 0 is the paper's layout.
     max_context:   cap on the logical context length (defaults to the model's maximum positions).
     strict:        a retriever that raises stops generation instead of being skipped with a warning.
     passage_template: how a passage is turned into text; ``{title}`` and ``{text}`` are filled in, and an
@@ -51,6 +55,7 @@ class FlashBackConfig:
     query_tokens: int = 32
     doc_tokens: int = 128
     top_k: int = 1
+    echo_tokens: int = 0
     max_context: int | None = None
     strict: bool = False
     passage_template: str = "{title}\n{text}"
@@ -64,6 +69,8 @@ class FlashBackConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.echo_tokens, bool) or not isinstance(self.echo_tokens, int) or self.echo_tokens < 0:
+            raise ConfigError(f"echo_tokens must be a non-negative integer, got {self.echo_tokens!r}")
         if self.max_context is not None and (
             isinstance(self.max_context, bool) or not isinstance(self.max_context, int) or self.max_context <= 1
         ):
@@ -80,10 +87,15 @@ class FlashBackConfig:
 
     @property
     def max_block_tokens(self) -> int:
-        """Upper bound on the tokens one passage block adds (passages plus the two markers)."""
+        """Upper bound on the tokens one passage block adds (passages, the two markers, the echo)."""
         if not self.retrieves:
             return 0
-        return self.top_k * self.doc_tokens + (2 if self.markers else 0)
+        return self.top_k * self.doc_tokens + (2 if self.markers else 0) + self.layout_echo
+
+    @property
+    def layout_echo(self) -> int:
+        """Echo tokens the layout really uses: the echo only exists in the appended layout."""
+        return self.echo_tokens if self.pattern == "append" else 0
 
     def replace(self, **changes: Any) -> "FlashBackConfig":
         """A copy with some fields changed (validated again)."""

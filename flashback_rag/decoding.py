@@ -137,7 +137,8 @@ class FlashBack:
     def __repr__(self) -> str:
         c = self.config
         return (f"FlashBack(model={self.model.config.model_type}, pattern={c.pattern}, markers={c.markers}, "
-                f"stride={c.stride}, query_tokens={c.query_tokens}, doc_tokens={c.doc_tokens}, top_k={c.top_k})")
+                f"stride={c.stride}, query_tokens={c.query_tokens}, doc_tokens={c.doc_tokens}, top_k={c.top_k}, "
+                f"echo_tokens={c.echo_tokens})")
 
     # ------------------------------------------------------------------------ public API
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,
@@ -219,13 +220,15 @@ class FlashBack:
                 #    or the next token without retrieval) would not fit
                 if self.max_context is not None and (at_point or not cfg.retrieves):
                     ahead = min(cfg.stride, max_new_tokens - step) if cfg.retrieves else 1
-                    start = self._slide_start(n, ahead, anchor, len(block), window)
+                    added = len(block) + (cfg.layout_echo if block else 0)    # the echo goes with the block
+                    start = self._slide_start(n, ahead, anchor, added, window)
                     if start != window:
                         result.slides.append(SlideRecord(step, start, start - window))
                         window, resync = start, True
                 # 3. logits: (B=1, T_new) fed, (vocab,) back
                 if resync:
-                    context = logical_context(cfg.pattern, tokens, point, block, anchor, window)
+                    context = logical_context(cfg.pattern, tokens, point, block, anchor, window,
+                                              cfg.echo_tokens)
                     logits = source.resync(context)
                 else:
                     logits = source.extend(tokens[-1])

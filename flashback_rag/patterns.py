@@ -14,9 +14,13 @@ the layout trained on is the layout decoded with.
     [1, 2, 3, 100, 7, 8, 101, 4, 5]
     >>> logical_context("prepend", tokens, point=3, block=block)
     [100, 7, 8, 101, 1, 2, 3, 4, 5]
+    >>> logical_context("append", tokens, point=3, block=block, echo=2)   # echo the last 2 prefix tokens
+    [1, 2, 3, 100, 7, 8, 101, 2, 3, 4, 5]
 
 Append at retrieval point i: ``x[:i] + [MARK_L] + passages + [MARK_R] + x[i:]``: no prefix token ever
 attends to a passage, which is what keeps its cached keys and values exact across re-retrievals.
+Append with echo ``k``: ``x[:i] + [MARK_L] + passages + [MARK_R] + x[i-k:i] + x[i:]``; the echoed
+copy belongs to the block (it is cropped with it), so the same invariant holds. No block, no echo.
 Prepend: ``passages + x`` (after a leading BOS "anchor" if the tokenizer adds one).
 Tokens before ``window`` (but after the anchor) have slid out of the context window.
 """
@@ -41,18 +45,26 @@ def build_block(passages: Sequence[Sequence[int]], markers=None) -> list[int]:
     return [markers.left, *body, markers.right]
 
 
+def echo_span(point: int, start: int, echo: int) -> tuple[int, int]:
+    """``(first, point)``: the prefix tokens an echo of ``echo`` repeats (never before ``start``)."""
+    return max(start, point - echo), point
+
+
 def logical_context(pattern: str, tokens: Sequence[int], point: int, block: Sequence[int],
-                    anchor: int = 0, window: int = 0) -> list[int]:
+                    anchor: int = 0, window: int = 0, echo: int = 0) -> list[int]:
     """The full sequence the model reads after ``tokens`` (prompt + generated), for ``pattern``.
 
     point:   the retrieval point the current block belongs to (append puts it there).
     anchor:  leading tokens that always stay first (a BOS the tokenizer added), never slid out.
     window:  index of the first non-anchor token still inside the context window.
+    echo:    append only: repeat the last ``echo`` tokens before ``point`` after the block.
     """
     head = list(tokens[:anchor])
     start = max(anchor, window)
     if pattern == "append":
-        return head + list(tokens[start:point]) + list(block) + list(tokens[point:])
+        first, _ = echo_span(point, start, echo if block else 0)
+        return (head + list(tokens[start:point]) + list(block) + list(tokens[first:point])
+                + list(tokens[point:]))
     if pattern == "prepend":
         return head + list(block) + list(tokens[start:])
     return head + list(tokens[start:])

@@ -14,6 +14,8 @@ training reads exactly what decoding reads:
     [1, 2, 3, 7, 8, 9, 4, 5]
     >>> layout(ex, "none", None)
     [1, 2, 3, 4, 5]
+    >>> layout(ex, "append", MarkerIds(100, 101), echo=2)   # append + echo: the last 2 src tokens again
+    [1, 2, 3, 100, 7, 8, 9, 101, 2, 3, 4, 5]
 
 ``tgt`` is always the tail of the layout. Batches are therefore LEFT-padded: the targets of every row
 sit in the same last columns, so the model only computes logits for those (``logits_to_keep``) instead
@@ -35,12 +37,12 @@ from ..patterns import build_block, logical_context
 
 
 def layout(example: dict[str, Any], pattern: str, markers=None, top_k: int | None = None,
-           passages: Sequence[Sequence[int]] | None = None) -> list[int]:
+           passages: Sequence[Sequence[int]] | None = None, echo: int = 0) -> list[int]:
     """Token ids of ``example`` laid out for ``pattern``: the first ``top_k`` passages in one block."""
     chosen = example["passages"][:top_k] if passages is None else passages
     block = build_block(chosen, markers) if pattern != "none" else []
     src, tgt = list(example["src"]), list(example["tgt"])
-    return logical_context(pattern, src + tgt, point=len(src), block=block)
+    return logical_context(pattern, src + tgt, point=len(src), block=block, echo=echo)
 
 
 def read_examples(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -63,8 +65,9 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[dict[str, 
 class LayoutDataset(torch.utils.data.Dataset):
     """Prepared examples laid out for one pattern; items are ``{"input_ids", "n_tgt"}``."""
 
-    def __init__(self, examples: list[dict[str, Any]], pattern: str, markers=None, top_k: int | None = None):
-        self.items = [{"input_ids": layout(ex, pattern, markers, top_k), "n_tgt": len(ex["tgt"])}
+    def __init__(self, examples: list[dict[str, Any]], pattern: str, markers=None, top_k: int | None = None,
+                 echo: int = 0):
+        self.items = [{"input_ids": layout(ex, pattern, markers, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
                       for ex in examples]
 
     def __len__(self) -> int:
@@ -121,16 +124,23 @@ def mask_banned(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
     return logits
 
 
-def target_nll(model, batch: dict[str, torch.Tensor], banned: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed negative log-likelihood of the ``tgt`` tokens of a batch and their count."""
+def token_nll(model, batch: dict[str, torch.Tensor], banned: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL ``(B, keep)`` of the ``tgt`` tokens of a left-padded batch (0 outside ``tgt``), and the
+    targets ``(B, keep)`` (-100 outside ``tgt``)."""
     labels = batch["labels"]
     keep = int((labels != -100).sum(-1).max())
     logits = tail_logits(model, batch["input_ids"], batch["attention_mask"], keep)   # (B, keep, V)
     logits = mask_banned(logits.float(), banned)
     targets = labels[:, -keep:]                                                        # (B, keep)
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                            ignore_index=-100, reduction="sum")
-    return nll, (targets != -100).sum()
+                                            ignore_index=-100, reduction="none")
+    return nll.view(targets.shape), targets
+
+
+def target_nll(model, batch: dict[str, torch.Tensor], banned: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of the ``tgt`` tokens of a batch and their count."""
+    nll, targets = token_nll(model, batch, banned)
+    return nll.sum(), (targets != -100).sum()
 
 
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -69,3 +69,42 @@ def test_append_keeps_the_prefix_cache(tiny_models):
         stats[pattern] = fb.generate(PROMPT, max_new_tokens=40, ignore_eos=True).stats
     assert stats["append"].reused_tokens > 3 * stats["prepend"].reused_tokens
     assert stats["append"].prefill_tokens < stats["prepend"].prefill_tokens
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("markers", [True, False])
+def test_echo_cached_equals_recomputed(tiny_models, arch, markers):
+    """Echo (the last k prefix tokens repeated after the block) keeps cached == recomputed."""
+    model, tokenizer = tiny_models[arch]
+    fb = FlashBack(model, tokenizer, HashRetriever(),
+                   FlashBackConfig(pattern="append", markers=markers, stride=4, query_tokens=8, doc_tokens=24,
+                                   echo_tokens=6))
+    cached, reference = _both(fb, max_new_tokens=24)
+    _assert_same(cached, reference)
+    assert len({tuple(r.passage_ids) for r in cached.retrievals}) > 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_echo_parity_across_window_slides(tiny_models, arch):
+    model, tokenizer = tiny_models[arch]
+    fb = FlashBack(model, tokenizer, HashRetriever(),
+                   FlashBackConfig(pattern="append", stride=5, query_tokens=8, doc_tokens=16, top_k=2,
+                                   echo_tokens=8, max_context=96))
+    cached, reference = _both(fb, max_new_tokens=70)
+    _assert_same(cached, reference)
+    assert cached.slides, "a 96-token window must slide during a 36+70-token generation"
+
+
+def test_echo_changes_what_the_model_reads_and_keeps_the_prefix_cache(tiny_models):
+    """The echo is fed with the block (k more prefill tokens per retrieval); the prefix is never re-fed."""
+    model, tokenizer = tiny_models["llama"]
+    runs = {}
+    for echo in (0, 6):
+        fb = FlashBack(model, tokenizer, HashRetriever(),
+                       FlashBackConfig(pattern="append", stride=4, query_tokens=8, doc_tokens=24, echo_tokens=echo))
+        runs[echo] = fb.generate(PROMPT, max_new_tokens=24, ignore_eos=True, output_scores=True)
+    plain, echoed = runs[0], runs[6]
+    retrievals = len(plain.retrievals)
+    assert echoed.stats.prefill_tokens == plain.stats.prefill_tokens + 6 * retrievals
+    assert echoed.stats.reused_tokens == plain.stats.reused_tokens
+    assert not torch.equal(plain.scores[0], echoed.scores[0])

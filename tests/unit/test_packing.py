@@ -1,0 +1,120 @@
+"""Packed training is the same computation as one example per retrieval point, with the prefix read once.
+
+The summed target loss and the gradients of every LoRA weight and marker row must be equal (fp32
+tolerance) between one packed window and its separate examples, for append (with and without echo,
+with a point whose retrieval found nothing) and for no retrieval.
+"""
+
+import pytest
+import torch
+
+from flashback_rag.models import add_marker_tokens, load_model
+from flashback_rag.training.data import LeftPadCollator, layout, target_nll
+from flashback_rag.training.packing import (attention_mask, collate_packed, pack_window, packed_token_nll,
+                                            unpack_window)
+from flashback_rag.training.tuning import LoraSettings, lora_model
+
+STRIDE = 6
+
+
+def _lora_with_markers(model, tokenizer, seed=0):
+    markers = add_marker_tokens(model, tokenizer)
+    model = lora_model(model, LoraSettings(r=4, alpha=8, dropout=0.0), markers.as_list())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:          # B starts at 0: give A a gradient to compare
+                param.data.normal_(0, 0.05)
+    model.eval()      # no dropout (GPT-2 has 0.1): gradients still flow, and the two runs are comparable
+    return model, markers
+
+
+def _window(seed, vocab, length=40):
+    g = torch.Generator().manual_seed(seed)
+    window = torch.randint(3, vocab, (length,), generator=g).tolist()
+    points = [6, 12, 18, 27, 34]
+    passages = [[torch.randint(3, vocab, (n,), generator=g).tolist() for n in sizes]
+                for sizes in ([5], [3, 4], [], [7], [2])]          # the third point found nothing
+    return window, points, passages
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad):
+    from flashback_rag.patterns import build_block
+
+    model.zero_grad(set_to_none=True)
+    blocks = [build_block(found, markers) if pattern == "append" else [] for found in passages]
+    batch = collate_packed([pack_window(window, points, blocks, STRIDE, echo)], pad)
+    loss = packed_token_nll(model, batch, markers.as_list()).sum()
+    loss.backward()
+    return loss.detach(), _grads(model)
+
+
+def _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad):
+    model.zero_grad(set_to_none=True)
+    examples = unpack_window(window, points, passages, STRIDE)
+    items = [{"input_ids": layout(ex, pattern, markers, echo=echo), "n_tgt": STRIDE} for ex in examples]
+    nll, count = target_nll(model, LeftPadCollator(pad)(items), markers.as_list())
+    assert int(count) == STRIDE * len(points)
+    nll.backward()
+    return nll.detach(), _grads(model)
+
+
+def _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol, atol):
+    window, points, passages = _window(1, min(len(tokenizer), 250))
+    pad = tokenizer.pad_token_id or 0
+    packed_loss, packed_grads = _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad)
+    loss, grads = _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad)
+    torch.testing.assert_close(packed_loss, loss, rtol=rtol, atol=atol)
+    assert packed_grads.keys() == grads.keys()
+    assert any("trainable_tokens" in n for n in grads) and any("lora_A" in n for n in grads)
+    for name in grads:
+        # relative to the tensor's own scale: summed fp32 contributions differ in the last bits
+        error = (packed_grads[name] - grads[name]).abs().max()
+        assert error <= rtol * grads[name].abs().max() + atol, (name, float(error))
+    marker_grad = next(g for n, g in grads.items() if "trainable_tokens" in n)
+    assert (marker_grad.abs().sum() > 0) == (pattern == "append")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("pattern,echo", [("append", 0), ("append", 3), ("none", 0)])
+def test_packed_loss_and_gradients_equal_separate_examples(arch, pattern, echo):
+    model, tokenizer = load_model(f"tiny-random-{arch}")
+    model, markers = _lora_with_markers(model, tokenizer)
+    _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol=1e-5, atol=1e-5)
+
+
+def test_mask_lets_segments_see_their_prefix_and_themselves_only():
+    p = pack_window([1, 2, 3, 4, 5, 6], [2, 4], [[90, 91], [92, 93]], stride=2, echo=1)
+    allowed = attention_mask(p, width=len(p) + 1)[0, 0] == 0
+    # window: causal among itself
+    assert allowed[3, :4].all() and not allowed[3, 4:].any()
+    # segment of point 2 (indices 6..10: 90 91 echo(2) 3 4): sees window[:2] and itself causally
+    seg = list(range(6, 11))
+    for q in seg:
+        assert allowed[q, :2].all() and not allowed[q, 2:6].any()
+        assert allowed[q, 6:q + 1].all() and not allowed[q, q + 1:].any()
+    assert p.input_ids[6:11] == [90, 91, 2, 3, 4] and p.position_ids[6:11] == [2, 3, 4, 5, 6]
+    # the other segment never sees this one
+    assert not allowed[11:, 6:11].any()
+    # padding sees itself only
+    assert allowed[len(p)].sum() == 1
+
+
+def test_collate_pads_rows_and_masks_missing_targets():
+    a = pack_window([1, 2, 3, 4, 5, 6], [2], [[90, 91]], stride=2)
+    b = pack_window([1, 2, 3, 4, 5, 6, 7, 8], [2, 4], [[90], [91]], stride=2)
+    batch = collate_packed([a, b], pad_id=0)
+    assert batch["input_ids"].shape == (2, len(b)) and batch["attention_mask"].shape == (2, 1, len(b), len(b))
+    assert batch["targets"][0].tolist() == [3, 4, -100, -100]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("echo", [0, 8])
+def test_packed_equals_separate_on_smollm2(echo):
+    model, tokenizer = load_model("smollm2-135m")        # a fresh copy: LoRA is injected in place
+    model, markers = _lora_with_markers(model, tokenizer)
+    _assert_equivalent(model, markers, tokenizer, "append", echo, rtol=2e-4, atol=2e-5)
