@@ -44,13 +44,17 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
     g = parser.add_argument_group("engine")
     g.add_argument("--model", default=model_default, help="alias, local folder, .gguf file or HF id "
                    "(default: %(default)s)")
-    g.add_argument("--pattern", default="append", choices=PATTERNS, help="context pattern (default: append)")
-    g.add_argument("--markers", action=argparse.BooleanOptionalAction, default=True,
+    # Layout flags default to None: the model's own settings (a FlashBack model or adapter records the
+    # layout it was trained for) or FlashBackConfig's defaults fill in what is not given.
+    g.add_argument("--pattern", default=None, choices=PATTERNS, help="context pattern (default: append)")
+    g.add_argument("--markers", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap passages in <MARK_L>/<MARK_R> (default: on)")
-    g.add_argument("--stride", type=int, default=16, help="re-retrieve every N generated tokens")
-    g.add_argument("--query-tokens", type=int, default=32, help="query = last N tokens")
-    g.add_argument("--doc-tokens", type=int, default=128, help="truncate each passage to N tokens")
-    g.add_argument("--top-k", type=int, default=1, help="passages per retrieval")
+    g.add_argument("--stride", type=int, default=None, help="re-retrieve every N generated tokens (default 16)")
+    g.add_argument("--query-tokens", type=int, default=None, help="query = last N tokens (default 32)")
+    g.add_argument("--doc-tokens", type=int, default=None, help="truncate each passage to N tokens (default 128)")
+    g.add_argument("--top-k", type=int, default=None, help="passages per retrieval (default 1)")
+    g.add_argument("--echo-tokens", type=int, default=None,
+                   help="append: repeat the last N prefix tokens after the passage block (default 0)")
     g.add_argument("--max-context", type=int, default=None, help="cap the context window (tokens)")
     g.add_argument("--strict", action="store_true", help="stop when the retriever fails (default: skip)")
     g.add_argument("--adapter", default=None, help="adapter folder from `flashback train` (LoRA + markers)")
@@ -58,10 +62,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
 
 
-def config_from_args(args: argparse.Namespace) -> FlashBackConfig:
-    return FlashBackConfig(pattern=args.pattern, markers=args.markers, stride=args.stride,
-                           query_tokens=args.query_tokens, doc_tokens=args.doc_tokens, top_k=args.top_k,
-                           max_context=args.max_context, strict=args.strict)
+ENGINE_FIELDS = ("pattern", "markers", "stride", "query_tokens", "doc_tokens", "top_k", "echo_tokens",
+                 "max_context")
+
+
+def config_from_args(args: argparse.Namespace, base: FlashBackConfig | None = None) -> FlashBackConfig:
+    """``base`` (a model's recorded settings, else the defaults) with the flags that were given."""
+    given = {name: getattr(args, name) for name in ENGINE_FIELDS if getattr(args, name, None) is not None}
+    if getattr(args, "strict", False):
+        given["strict"] = True
+    return (base or FlashBackConfig()).replace(**given)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -76,6 +86,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise FlashBackError(f"--pattern {config.pattern} needs --index DIR (or use --pattern none)")
     retriever = load_index(args.index) if args.index else None
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    config = config_from_args(args, getattr(model, "flashback_config", None))
     fb = FlashBack(model, tokenizer, retriever, config)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                    top_k=args.sample_top_k, seed=args.seed, stop=args.stop or None)

@@ -290,11 +290,49 @@ def max_positions(model) -> int | None:
 
 
 # ----------------------------------------------------------------------------- marker tokens
-def add_marker_tokens(model, tokenizer, left: str = MARK_L, right: str = MARK_R) -> MarkerIds:
+# How new marker rows start (measured in benchmarks/results/marker_init.md):
+#   mean    both rows at the exact mean embedding (identical: the model cannot tell them apart at first)
+#   offset  the mean plus a distinct, deterministic offset of half the per-dimension spread
+#   tokens  MARK_L at the embedding of a paragraph break ("\n\n"), MARK_R at the end-of-text token's
+#           (a new text starts after it, and after MARK_R the running text resumes), else a newline's
+MARKER_INITS = ("mean", "offset", "tokens")
+DEFAULT_MARKER_INIT = "tokens"
+
+
+def _marker_rows(weight: torch.Tensor, rows: int, tokenizer, init: str) -> torch.Tensor:
+    """The two initial marker rows ``(2, hidden)`` from the first ``rows`` rows of an embedding."""
+    old = weight[:rows].float()
+    mean = old.mean(dim=0)
+    if init == "mean":
+        return torch.stack([mean, mean])
+    if init == "offset":
+        spread = old.std(dim=0)
+        gen = torch.Generator().manual_seed(0)          # deterministic: the same rows on every load
+        noise = torch.randn((2, old.shape[1]), generator=gen)
+        return mean + 0.5 * spread * noise
+    if init == "tokens":
+        def row(text: str | None) -> torch.Tensor | None:
+            if not text:
+                return None
+            ids = [i for i in tokenizer(text, add_special_tokens=False).input_ids if i < rows]
+            return old[ids].mean(dim=0) if ids else None
+
+        left = row("\n\n")
+        right = row(tokenizer.eos_token) if tokenizer.eos_token else None
+        right = right if right is not None else row("\n")
+        if left is None or right is None or torch.equal(left, right):
+            return _marker_rows(weight, rows, tokenizer, "offset")
+        return torch.stack([left, right])
+    raise ValueError(f"unknown marker init {init!r}; choose one of {', '.join(MARKER_INITS)}")
+
+
+def add_marker_tokens(model, tokenizer, left: str = MARK_L, right: str = MARK_R,
+                      init: str = DEFAULT_MARKER_INIT) -> MarkerIds:
     """Make sure ``left``/``right`` are special tokens with embedding rows; return their ids.
 
-    New input rows start at the exact mean of the existing embeddings (so an untrained marker is a neutral
-    token, not noise). Calling it again is a no-op that returns the same ids.
+    New input rows start from ``init`` (see :data:`MARKER_INITS`): two distinct, deterministic vectors,
+    so the model can tell the markers apart from the first step. Calling it again is a no-op that
+    returns the same ids.
     """
     from tokenizers import AddedToken
 
@@ -308,8 +346,12 @@ def add_marker_tokens(model, tokenizer, left: str = MARK_L, right: str = MARK_R)
     if max(ids.as_list()) >= rows:
         model.resize_token_embeddings(max(ids.as_list()) + 1, mean_resizing=False)
         weight = model.get_input_embeddings().weight
-        with torch.no_grad():   # deterministic: the exact mean, not a sample around it
+        with torch.no_grad():
             weight[rows:] = weight[:rows].mean(dim=0, keepdim=True)
+            start = _marker_rows(weight, rows, tokenizer, init).to(weight.dtype)
+            for k, marker in enumerate(ids.as_list()):
+                if marker >= rows:
+                    weight[marker] = start[k]
             # An untied output layer got randomly initialised rows: make them deterministic too, so
             # a model with markers (and an adapter restored on it) is the same on every load.
             out = model.get_output_embeddings()

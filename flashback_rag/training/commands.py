@@ -24,7 +24,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = PrepareConfig(stride=args.stride, query_tokens=args.query_tokens, doc_tokens=args.doc_tokens,
                         top_k=args.top_k, max_positions=args.max_positions, construction=args.construction,
-                        min_context=args.min_context, every=args.every, seed=args.seed)
+                        min_context=args.min_context, every=args.every, seed=args.seed,
+                        echo_tokens=args.echo_tokens, min_prefix=args.min_prefix)
     retriever = load_index(args.index, forbidden_titles=args.forbidden_titles)
     tokenizer = load_tokenizer(args.model)
     if args.validation_input:
@@ -54,7 +55,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, out=args.out, pattern=args.pattern, markers=args.markers,
         tune=args.tune, lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                           targets=args.lora_targets),
-        top_k=args.top_k, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        top_k=args.top_k, echo_tokens=args.echo_tokens, pack=args.pack, learning_rate=args.learning_rate,
+        marker_lr=args.marker_lr, marker_init=args.marker_init, weight_decay=args.weight_decay,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
         epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, eval_steps=args.eval_steps,
         save_steps=args.save_steps, logging_steps=args.logging_steps, max_train_examples=args.max_train_examples,
@@ -72,22 +74,31 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     from ..retrievers import load_index
     from .adapters import adapter_config
     from .data import read_examples
-    from .evaluate import prepared_perplexity, text_perplexity
+    from .evaluate import prepared_perplexity, text_perplexity, windows_perplexity
+    from .prepare import read_windows as read_prepared_windows
 
     if (args.data is None) == (args.text is None):
         raise FlashBackError("give exactly one of --data DIR (prepared examples) or --text FILE (raw text)")
-    pattern, markers = args.pattern, args.markers
-    if args.adapter and pattern is None:          # the adapter's own settings unless overridden
-        trained = adapter_config(args.adapter)
-        pattern, markers = trained.pattern, trained.markers if markers is None else markers
-    pattern = pattern or "append"
-    markers = True if markers is None else markers
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    # The model's own settings (an adapter's, or a FlashBack model's) unless a flag overrides them.
+    trained = getattr(model, "flashback_config", None)
+    if trained is None and args.adapter:
+        trained = adapter_config(args.adapter)
+    pattern = args.pattern or (trained.pattern if trained else "append")
+    markers = args.markers if args.markers is not None else (trained.markers if trained else True)
+    echo = args.echo_tokens if args.echo_tokens is not None else (trained.echo_tokens if trained else 0)
     if args.data:
-        examples = read_examples(Path(args.data) / args.split, args.max_examples)
-        result = prepared_perplexity(model, tokenizer, examples, pattern, markers, args.top_k, args.multi,
-                                     args.batch_size, show_progress=not args.quiet)
-        result["data"] = str(Path(args.data) / args.split)
+        split = Path(args.data) / args.split
+        if args.multi == "concat" and args.pack is not False and (split / "windows").is_dir():
+            records = read_prepared_windows(split, args.max_examples)
+            result = windows_perplexity(model, tokenizer, records, pattern, markers, args.top_k, echo,
+                                        pack=args.pack is not False, batch_size=max(1, args.batch_size // 2),
+                                        show_progress=not args.quiet)
+        else:
+            examples = read_examples(split, args.max_examples)
+            result = prepared_perplexity(model, tokenizer, examples, pattern, markers, args.top_k, args.multi,
+                                         args.batch_size, show_progress=not args.quiet, echo=echo)
+        result["data"] = str(split)
     else:
         if not Path(args.text).is_file():
             raise FlashBackError(f"no such text file: {args.text}")
@@ -95,7 +106,7 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
         result = text_perplexity(model, tokenizer, Path(args.text).read_text(encoding="utf-8"), retriever,
                                  pattern, markers, args.stride, args.query_tokens, args.doc_tokens,
                                  args.top_k or 1, args.max_positions, args.max_tokens, args.batch_size,
-                                 show_progress=not args.quiet)
+                                 show_progress=not args.quiet, echo=echo)
         result["text"] = str(args.text)
     result.update(model=args.model, adapter=args.adapter)
     text = json.dumps(result, indent=2)
@@ -118,6 +129,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
+    from ..models import DEFAULT_MARKER_INIT, MARKER_INITS
+    from .trainer import DEFAULT_MARKER_LR
+
     p = subparsers.add_parser("prepare", help="corpus + index -> training / validation examples")
     p.add_argument("--model", required=True, help="model (alias/folder/id) whose tokenizer is used")
     p.add_argument("--input", required=True, help="training text: file, folder, or hf:NAME[:CONFIG[:SPLIT]]")
@@ -135,6 +149,11 @@ def add_commands(subparsers) -> None:
                    help="random: target at a random position (seed's default); default: fill max positions")
     p.add_argument("--min-context", type=int, default=None, help="first retrieval point (default max-positions - stride)")
     p.add_argument("--every", type=int, default=1, help="keep one retrieval point in N")
+    p.add_argument("--echo-tokens", type=int, default=0,
+                   help="room kept for an echo of up to N tokens (train --echo-tokens)")
+    p.add_argument("--min-prefix", type=int, default=None,
+                   help="windows (packed training): tokens before a window's first retrieval point "
+                        "(default a quarter of the window)")
     p.add_argument("--max-examples", type=int, default=None, help="cap on training examples")
     p.add_argument("--max-validation-examples", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
@@ -153,7 +172,16 @@ def add_commands(subparsers) -> None:
     t.add_argument("--lora-dropout", type=float, default=0.05)
     t.add_argument("--lora-targets", nargs="+", default=None, help="module names (default: per model_type)")
     t.add_argument("--top-k", type=int, default=None)
+    t.add_argument("--echo-tokens", type=int, default=0,
+                   help="append: repeat the last N prefix tokens after the passage block")
+    t.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                   help="packed windows: each window read once with all its retrieval points (default); "
+                        "--no-pack: one example per point")
     t.add_argument("--learning-rate", type=float, default=2e-4)
+    t.add_argument("--marker-lr", type=float, default=DEFAULT_MARKER_LR,
+                   help="learning rate of the two marker rows (default %(default)s)")
+    t.add_argument("--marker-init", choices=MARKER_INITS, default=DEFAULT_MARKER_INIT,
+                   help="how the marker rows start (default %(default)s)")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--eval-batch-size", type=int, default=None)
@@ -191,6 +219,9 @@ def add_commands(subparsers) -> None:
                      help="default: the adapter's, else append")
     ppl.add_argument("--markers", action=argparse.BooleanOptionalAction, default=None)
     ppl.add_argument("--top-k", type=int, default=None, help="passages used (default: all prepared)")
+    ppl.add_argument("--echo-tokens", type=int, default=None, help="append echo (default: the adapter's, else 0)")
+    ppl.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                     help="--data: score prepared windows, packed (default when present); --no-pack: per-point examples")
     ppl.add_argument("--multi", choices=("concat", "average", "average-probs"), default="concat",
                      help="several passages: one block, or one context each averaged (the seed's scoring)")
     ppl.add_argument("--stride", type=int, default=16)

@@ -1,12 +1,16 @@
 """``flashback eval ppl``: perplexity of the ``tgt`` tokens, for any pattern, with or without an adapter.
 
-Two protocols:
+Three protocols:
 
 - :func:`prepared_perplexity`: on prepared examples (``flashback prepare``), the layout of the chosen
   pattern. ``top_k`` passages either go in one block (``multi="concat"``, what the engine decodes
   with) or each in its own context, the next-token distributions averaged over the passages
   (``multi="average"``: the seed's ``test_multiple_k.py`` averages the logits; ``"average-probs"``
   averages probabilities, REPLUG-style).
+- :func:`windows_perplexity`: on prepared windows, every point's ``stride`` targets with the window before
+  it as context; packed (``training/packing.py``: the window read once) for append and none, separate
+  examples for prepend. Same numbers either way; :func:`window_token_nll` gives the per-token losses
+  ``(points, stride)`` the quality benchmark bootstraps and averages by position.
 - :func:`text_perplexity`: sliding-window perplexity on raw text (In-Context RALM's protocol): every
   ``stride`` tokens, retrieve with the last ``query_tokens`` tokens, score the next ``stride`` tokens
   with as much preceding text as fits ``max_positions``.
@@ -31,7 +35,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .data import LeftPadCollator, batched, layout, mask_banned, tail_logits, target_nll
+from .data import LeftPadCollator, batched, layout, mask_banned, tail_logits, target_nll, token_nll
+from .packing import PACKABLE, collate_packed, pack_record, packed_token_nll, unpack_record
 
 MULTI = ("concat", "average", "average-probs")
 
@@ -49,10 +54,76 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _banned(model, tokenizer, pattern: str, markers: bool):
+    """(markers used by the layout, ids never predicted: any marker in the vocabulary)."""
+    from ..models import marker_ids
+
+    marks = _markers_for(model, tokenizer, pattern, markers)
+    found = marker_ids(tokenizer)
+    return marks, sorted(set(marks.as_list() if marks else []) | set(found.as_list() if found else []))
+
+
+@torch.no_grad()
+def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], pattern: str = "append",
+                     markers: bool = True, top_k: int | None = None, echo: int = 0, pack: bool = True,
+                     batch_size: int = 4, show_progress: bool = False) -> torch.Tensor:
+    """Per-token NLL ``(points, stride)`` of every point of ``records`` (in order), on the CPU.
+
+    ``pack``: append / none read each window once (``batch_size`` windows a forward); otherwise, and
+    always for prepend, one left-padded example per point (``batch_size`` x 8 examples a forward).
+    """
+    from tqdm.auto import tqdm
+
+    if not records:
+        raise ConfigError("no windows to evaluate")
+    model.eval()
+    marks, banned = _banned(model, tokenizer, pattern, markers)
+    echo = echo if pattern == "append" else 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = _device(model)
+    rows: list[torch.Tensor] = []
+    if pack and pattern in PACKABLE:
+        bar = tqdm(total=len(records), desc=f"ppl {pattern}", unit=" win", disable=not show_progress)
+        for chunk in batched(list(records), batch_size):
+            packed = [pack_record(r, pattern, marks, top_k, echo) for r in chunk]
+            batch = {k: v.to(device) for k, v in collate_packed(packed, pad).items()}
+            nll = packed_token_nll(model, batch, banned).float().cpu()
+            for row, p in enumerate(packed):                       # (point, offset) slots, in order
+                rows.append(nll[row, :len(p.targets)].view(len(chunk[row]["points"]), -1))
+            bar.update(len(chunk))
+    else:
+        collate = LeftPadCollator(pad)
+        examples = [ex for r in records for ex in unpack_record(r)]
+        bar = tqdm(total=len(examples), desc=f"ppl {pattern}", unit=" ex", disable=not show_progress)
+        for chunk in batched(examples, batch_size * 8):
+            items = [{"input_ids": layout(ex, pattern, marks, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
+                     for ex in chunk]
+            batch = {k: v.to(device) for k, v in collate(items).items()}
+            nll, _ = token_nll(model, batch, banned)
+            rows.append(nll.float().cpu())
+            bar.update(len(chunk))
+    bar.close()
+    return torch.cat(rows)
+
+
+def windows_perplexity(model, tokenizer, records: Sequence[dict[str, Any]], pattern: str = "append",
+                       markers: bool = True, top_k: int | None = None, echo: int = 0, pack: bool = True,
+                       batch_size: int = 4, show_progress: bool = False) -> dict[str, Any]:
+    """Perplexity over prepared windows, plus the mean loss at each offset after the retrieval point."""
+    started = time.perf_counter()
+    nll = window_token_nll(model, tokenizer, records, pattern, markers, top_k, echo, pack, batch_size,
+                           show_progress)
+    mean = float(nll.mean())
+    return {"pattern": pattern, "markers": markers and pattern != "none", "top_k": top_k, "echo_tokens": echo,
+            "packed": pack and pattern in PACKABLE, "windows": len(records), "examples": int(nll.shape[0]),
+            "tokens": int(nll.numel()), "nll": mean, "ppl": math.exp(mean),
+            "nll_by_position": [round(float(v), 5) for v in nll.mean(0)], "seconds": time.perf_counter() - started}
+
+
 @torch.no_grad()
 def prepared_perplexity(model, tokenizer, examples: Sequence[dict[str, Any]], pattern: str = "append",
                         markers: bool = True, top_k: int | None = None, multi: str = "concat",
-                        batch_size: int = 8, show_progress: bool = False) -> dict[str, Any]:
+                        batch_size: int = 8, show_progress: bool = False, echo: int = 0) -> dict[str, Any]:
     """Perplexity of ``tgt`` over ``examples`` laid out for ``pattern``."""
     from tqdm.auto import tqdm
 
@@ -61,11 +132,8 @@ def prepared_perplexity(model, tokenizer, examples: Sequence[dict[str, Any]], pa
     if not examples:
         raise ConfigError("no examples to evaluate")
     model.eval()
-    marks = _markers_for(model, tokenizer, pattern, markers)
-    banned = marks.as_list() if marks else []
-    from ..models import marker_ids
-    found = marker_ids(tokenizer)      # markers in the vocabulary are never predicted, used or not
-    banned = sorted(set(banned) | set(found.as_list() if found else []))
+    marks, banned = _banned(model, tokenizer, pattern, markers)
+    echo = echo if pattern == "append" else 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate = LeftPadCollator(pad)
     device = _device(model)
@@ -74,26 +142,27 @@ def prepared_perplexity(model, tokenizer, examples: Sequence[dict[str, Any]], pa
     bar = tqdm(total=len(examples), desc=f"ppl {pattern}", unit=" ex", disable=not show_progress)
     for chunk in batched(list(examples), batch_size):
         if multi == "concat" or pattern == "none":
-            items = [{"input_ids": layout(ex, pattern, marks, top_k), "n_tgt": len(ex["tgt"])} for ex in chunk]
+            items = [{"input_ids": layout(ex, pattern, marks, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
+                     for ex in chunk]
             batch = {k: v.to(device) for k, v in collate(items).items()}
             nll, n = target_nll(model, batch, banned)
             total, count = total + float(nll), count + int(n)
         else:
             for ex in chunk:
-                nll, n = _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device)
+                nll, n = _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device, echo)
                 total, count = total + nll, count + n
         bar.update(len(chunk))
     bar.close()
     mean = total / max(count, 1)
-    return {"pattern": pattern, "markers": marks is not None, "top_k": top_k, "multi": multi,
+    return {"pattern": pattern, "markers": marks is not None, "top_k": top_k, "multi": multi, "echo_tokens": echo,
             "examples": len(examples), "tokens": count, "nll": mean, "ppl": math.exp(mean),
             "seconds": time.perf_counter() - started}
 
 
-def _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device) -> tuple[float, int]:
+def _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device, echo=0) -> tuple[float, int]:
     """One context per passage; average their next-token logits (or probabilities), score ``tgt``."""
     passages = ex["passages"][:top_k] or [[]]
-    items = [{"input_ids": layout(ex, pattern, marks, passages=[p] if p else []), "n_tgt": len(ex["tgt"])}
+    items = [{"input_ids": layout(ex, pattern, marks, passages=[p] if p else [], echo=echo), "n_tgt": len(ex["tgt"])}
              for p in passages]
     batch = {k: v.to(device) for k, v in collate(items).items()}
     n = len(ex["tgt"])
@@ -110,7 +179,8 @@ def _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, devi
 def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = "append", markers: bool = True,
                     stride: int = 16, query_tokens: int = 32, doc_tokens: int = 128, top_k: int = 1,
                     max_positions: int | None = None, max_tokens: int | None = None, batch_size: int = 8,
-                    passage_template: str = "{title}\n{text}", show_progress: bool = False) -> dict[str, Any]:
+                    passage_template: str = "{title}\n{text}", show_progress: bool = False,
+                    echo: int = 0) -> dict[str, Any]:
     """Sliding-window perplexity of raw ``text`` with retrieval every ``stride`` tokens.
 
     Every token after the first ``stride`` is scored once, with the longest preceding context that fits
@@ -125,9 +195,10 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
     limit = max_positions or model_max_positions(model) or 1024
+    echo = echo if pattern == "append" else 0
     cfg = PrepareConfig(stride=stride, query_tokens=query_tokens, doc_tokens=doc_tokens, top_k=top_k,
                         max_positions=limit, construction="default", min_context=stride,
-                        passage_template=passage_template)
+                        passage_template=passage_template, echo_tokens=echo)
     points = list(range(stride, len(tokens) - stride + 1, stride))
     if not points:
         raise ConfigError(f"the text has {len(tokens)} tokens: too short for a stride of {stride}")
@@ -137,6 +208,6 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
     else:
         examples = make_examples(tokens, retriever, tokenizer, cfg, "text", points)
     result = prepared_perplexity(model, tokenizer, examples, pattern, markers, top_k, "concat", batch_size,
-                                 show_progress)
+                                 show_progress, echo=echo)
     result.update(stride=stride, max_positions=limit, text_tokens=len(tokens))
     return result

@@ -112,7 +112,8 @@ def attention_mask(packed: PackedSequence, width: int | None = None, dtype=torch
 def collate_packed(sequences: Sequence[PackedSequence], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad packed sequences into a batch: ids, positions, 4D mask, and the scoring indices.
 
-    ``predict_at`` is ``(B, N)`` (rows with fewer targets repeat their last index, with target -100).
+    ``predict_at`` is ``(B, N)``, ``labels`` the targets ``(B, N)`` (rows with fewer targets repeat their
+    last index, with label -100).
     """
     width = max(len(p) for p in sequences)
     most = max(len(p.targets) for p in sequences)
@@ -132,15 +133,16 @@ def collate_packed(sequences: Sequence[PackedSequence], pad_id: int) -> dict[str
         predict[row, k:] = p.predict_at[-1] if k else 0
         targets[row, :k] = torch.tensor(p.targets)
         masks.append(attention_mask(p, width))
+    # "labels" (not "targets"): the Trainer computes an evaluation loss only for batches that have labels
     return {"input_ids": ids, "position_ids": pos, "attention_mask": torch.cat(masks), "predict_at": predict,
-            "targets": targets}
+            "labels": targets}
 
 
 def packed_token_nll(model, batch: dict[str, torch.Tensor], banned: Sequence[int] = ()) -> torch.Tensor:
     """Negative log-likelihood of every target ``(B, N)`` (0 where the target is -100), with gradients."""
     from .data import mask_banned
 
-    predict, targets = batch["predict_at"], batch["targets"]
+    predict, targets = batch["predict_at"], batch["labels"]
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                 attention_mask=batch["attention_mask"], logits_to_keep=predict)
     logits = mask_banned(out.logits.float(), banned)                      # (B, N, V)

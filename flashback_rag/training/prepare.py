@@ -24,9 +24,22 @@ markers are always counted, so one prepared set serves every pattern, with or wi
     >>> all(len(e["src"]) + 2 + sum(map(len, e["passages"])) + len(e["tgt"]) <= 64 for e in ex)
     True
 
+Packed training and evaluation (``training/packing.py``) read *windows* instead: the token stream cut
+into windows of ``max_positions - max_block`` tokens (so every segment of a packed window stays under
+``max_positions``), each with its retrieval points (every ``stride`` tokens from ``min_prefix`` on) and
+their passages. Consecutive windows overlap by ``min_prefix`` tokens, so every token after the first
+``min_prefix`` of the stream is a target exactly once:
+
+    {"start": a, "tokens": tokens[a:a + L], "points": [i - a, ...], "passages": [[[...]], ...], "stride": s}
+
+    >>> cfg = PrepareConfig(stride=8, query_tokens=16, doc_tokens=12, max_positions=64, min_prefix=8)
+    >>> [(start, points) for start, points in window_points(100, cfg)]
+    [(0, [8, 16, 24, 32, 40]), (40, [8, 16, 24, 32, 40]), (80, [8])]
+
 On disk (``out/``): ``args.json`` (the settings, tokenizer and sources: re-running with the same
 arguments resumes, other arguments are refused), ``train/00000.jsonl ...`` and ``validation/...``
-shards written atomically one by one (an interrupted run redoes at most one shard).
+shards of examples, and ``train/windows/00000.jsonl ...`` shards of windows, each written atomically
+(an interrupted run redoes at most one shard).
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ from ..retrievers.base import Retriever, retrieve_batch
 
 CONSTRUCTIONS = ("random", "default")
 FORMAT = "flashback-prepared"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: windows for packed training beside the per-point examples
 
 
 @dataclass
@@ -64,6 +77,8 @@ class PrepareConfig:
     construction: str = "random"
     min_context: int | None = None        # first retrieval point; default max_positions - stride
     every: int = 1                        # keep one retrieval point in `every` (spreads a small budget)
+    echo_tokens: int = 0                  # room kept for an echo of up to this many tokens
+    min_prefix: int | None = None         # windows: tokens before a window's first point (default L // 4)
     seed: int = 42
     passage_template: str = "{title}\n{text}"
     shard_size: int = 256
@@ -73,6 +88,8 @@ class PrepareConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.echo_tokens, bool) or not isinstance(self.echo_tokens, int) or self.echo_tokens < 0:
+            raise ConfigError(f"echo_tokens must be a non-negative integer, got {self.echo_tokens!r}")
         if self.construction not in CONSTRUCTIONS:
             raise ConfigError(f"unknown construction {self.construction!r}; choose one of {', '.join(CONSTRUCTIONS)}")
         if self.max_positions - self.stride - self.max_block < 1:
@@ -82,10 +99,23 @@ class PrepareConfig:
                 "lower doc_tokens or top_k")
         if self.min_context is not None and self.min_context < 1:
             raise ConfigError(f"min_context must be positive, got {self.min_context}")
+        if self.min_prefix is not None and not 1 <= self.min_prefix <= self.window_length - self.stride:
+            raise ConfigError(f"min_prefix must be in [1, {self.window_length - self.stride}] (a window holds "
+                              f"{self.window_length} tokens), got {self.min_prefix}")
 
     @property
     def max_block(self) -> int:
-        return self.top_k * self.doc_tokens + 2
+        """Largest block: top_k passages, the two markers, and the echo room."""
+        return self.top_k * self.doc_tokens + 2 + self.echo_tokens
+
+    @property
+    def window_length(self) -> int:
+        """Tokens of one window: its last segment then ends inside max_positions."""
+        return self.max_positions - self.max_block
+
+    @property
+    def window_prefix(self) -> int:
+        return self.min_prefix if self.min_prefix is not None else max(1, self.window_length // 4)
 
     @property
     def first_point(self) -> int:
@@ -118,6 +148,70 @@ def token_stream(documents: Iterable[Document], tokenizer, separator: str = "\n\
 def retrieval_points(n_tokens: int, cfg: PrepareConfig) -> list[int]:
     """Retrieval points with a full stride of target after them."""
     return list(range(cfg.first_point, n_tokens - cfg.stride + 1, cfg.stride))[::cfg.every]
+
+
+def window_points(n_tokens: int, cfg: PrepareConfig) -> list[tuple[int, list[int]]]:
+    """``(start, points)`` per window: points are offsets with a full stride after them (thinned by every)."""
+    length, prefix = cfg.window_length, cfg.window_prefix
+    out, start = [], 0
+    while start + prefix + cfg.stride <= n_tokens:
+        end = min(start + length, n_tokens)
+        offsets = list(range(prefix, end - start - cfg.stride + 1, cfg.stride))
+        out.append((start, offsets[::cfg.every]))
+        start += offsets[-1] + cfg.stride - prefix        # the next window's first target follows on
+    return out
+
+
+def spread(items: Sequence[Any], count: int | None) -> list[Any]:
+    """At most ``count`` of ``items``, evenly spread over them (a cap that still samples every part)."""
+    if count is None or count >= len(items):
+        return list(items)
+    if count <= 0:
+        return []
+    step = len(items) / count
+    return [items[int(k * step)] for k in range(count)]
+
+
+def make_windows(tokens: Sequence[int], retriever: Retriever, tokenizer, cfg: PrepareConfig,
+                 windows: Sequence[tuple[int, list[int]]]) -> list[dict[str, Any]]:
+    """Window records (see the module docstring), retrieving for all their points in one batch.
+
+    The query of a point is the last ``query_tokens`` tokens before it *inside its window*: what the
+    equivalent separate example (``src = window[:i]``) would query with.
+    """
+    from ..decoding import as_passage
+
+    flat = [(w, start, at) for w, (start, points) in enumerate(windows) for at in points]
+    queries = [tokenizer.decode(tokens[max(start, start + at - cfg.query_tokens):start + at], skip_special_tokens=True)
+               for _, start, at in flat]
+    hits = retrieve_batch(retriever, queries, cfg.top_k)
+    records = [{"start": start, "tokens": list(tokens[start:start + cfg.window_length]), "points": list(points),
+                "passages": [], "passage_ids": [], "stride": cfg.stride} for start, points in windows]
+    for (w, _, _), found in zip(flat, hits):
+        chosen = [as_passage(p, r) for r, p in enumerate(list(found)[:cfg.top_k])]
+        encoded = [encode_passage(tokenizer, p, cfg.doc_tokens, cfg.passage_template) for p in chosen]
+        records[w]["passages"].append([e for e in encoded if e])
+        records[w]["passage_ids"].append([str(p.id) for p in chosen])
+    return records
+
+
+def read_windows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Window records of one split (``SPLIT/windows/*.jsonl``, or a ``.jsonl`` file)."""
+    path = Path(path)
+    folder = path / "windows" if (path / "windows").is_dir() else path
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else [folder]
+    if not files or not all(f.is_file() for f in files):
+        raise FlashBackError(f"no prepared windows at {path}: prepare the data again with this version of "
+                             "`flashback prepare`, or train with --no-pack")
+    out: list[dict[str, Any]] = []
+    for file in files:
+        with open(file, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    out.append(json.loads(line))
+                    if limit is not None and len(out) >= limit:
+                        return out
+    return out
 
 
 def src_length(point: int, block_len: int, cfg: PrepareConfig, split: str) -> int:
@@ -212,6 +306,21 @@ def prepare(sources: dict[str, str | Path | list[Document]], retriever: Retrieve
             bar.update(len(shard))
         bar.close()
         counts[split] = len(points)
+        # Windows for packed training: the same point budget, spread over the whole split.
+        windows = window_points(len(tokens), cfg)
+        if limit is not None:
+            per_window = max(1, round(sum(len(p) for _, p in windows) / max(1, len(windows))))
+            windows = spread(windows, max(1, -(-limit // per_window)))
+        wfolder = folder / "windows"
+        wfolder.mkdir(parents=True, exist_ok=True)
+        per_shard = max(1, cfg.shard_size // max(1, len(windows[0][1]) if windows else 1))
+        for number, begin in enumerate(range(0, len(windows), per_shard)):
+            path = wfolder / f"{number:05d}.jsonl"
+            if not path.is_file():
+                records = make_windows(tokens, retriever, tokenizer, cfg, windows[begin:begin + per_shard])
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        counts[f"{split}_windows"] = len(windows)
+        counts[f"{split}_window_points"] = sum(len(p) for _, p in windows)
     args["counts"] = counts
     atomic_write_json(args_path, args)
     return args

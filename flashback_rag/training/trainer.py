@@ -4,7 +4,11 @@
 
 The loss is the cross-entropy of the ``tgt`` tokens only, with the marker logits masked (a marker is
 never a target and never predicted). ``--tune lora`` trains LoRA on the attention projections and the
-two marker rows (PEFT ``trainable_token_indices``); ``--tune full`` trains everything. Cosine schedule
+two marker rows (PEFT ``trainable_token_indices``, at their own ``--marker-lr``); ``--tune full`` trains
+everything. Training is *packed* by default (``training/packing.py``): one item is a document window
+with all its retrieval points, read once; layouts that cannot be packed (prepend) get the same window's
+points as separate examples, so every pattern trains on the same targets per step. ``--no-pack`` reads
+the per-point examples instead. Cosine schedule
 with warm-up, gradient accumulation, bf16/fp16 on GPUs that have them, evaluation and checkpoints every
 N steps, ``--resume`` from the last checkpoint. The same command runs on CPU, one GPU, or many GPUs
 through ``accelerate launch`` (see ``training/`` for recipes and a DeepSpeed ZeRO config).
@@ -24,9 +28,15 @@ from typing import Any
 import torch
 
 from ..config import PATTERNS, FlashBackConfig
+from ..models import DEFAULT_MARKER_INIT, MARKER_INITS
+
+# Measured (benchmarks/results/marker_init.md): the marker rows start far from where they end up, and at
+# the LoRA learning rate they barely move in a CPU-sized run; their own, larger rate trains them.
+DEFAULT_MARKER_LR = 5e-3
 from ..errors import ConfigError, FlashBackError, MissingDependencyError
-from .data import LayoutDataset, LeftPadCollator, read_examples, target_nll
-from .prepare import read_prepared_args, tokenizer_fingerprint
+from .data import LayoutDataset, LeftPadCollator, layout, read_examples, target_nll
+from .packing import PACKABLE, collate_packed, pack_record, packed_token_nll, unpack_record
+from .prepare import read_prepared_args, read_windows, tokenizer_fingerprint
 from .tuning import TUNES, LoraSettings
 
 log = logging.getLogger(__name__)
@@ -44,7 +54,11 @@ class TrainConfig:
     tune: str = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
     top_k: int | None = None              # passages per example (default: all that were prepared)
+    echo_tokens: int = 0                  # append: repeat the last k prefix tokens after the block
+    pack: bool = True                     # packed windows (see training/packing.py); False: per-point examples
     learning_rate: float = 2e-4
+    marker_lr: float | None = DEFAULT_MARKER_LR   # the two marker rows' own learning rate (None: learning_rate)
+    marker_init: str = DEFAULT_MARKER_INIT
     weight_decay: float = 0.0
     batch_size: int = 4
     eval_batch_size: int | None = None
@@ -77,12 +91,22 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "logging_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if isinstance(self.echo_tokens, bool) or not isinstance(self.echo_tokens, int) or self.echo_tokens < 0:
+            raise ConfigError(f"echo_tokens must be a non-negative integer, got {self.echo_tokens!r}")
+        if self.marker_lr is not None and not self.marker_lr > 0:
+            raise ConfigError(f"marker_lr must be positive, got {self.marker_lr!r}")
+        if self.marker_init not in MARKER_INITS:
+            raise ConfigError(f"unknown marker_init {self.marker_init!r}; choose one of {', '.join(MARKER_INITS)}")
         if self.pattern == "none":
             self.markers = False      # nothing to mark without passages
 
     @property
     def uses_markers(self) -> bool:
         return self.pattern != "none" and self.markers
+
+    @property
+    def layout_echo(self) -> int:
+        return self.echo_tokens if self.pattern == "append" else 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,13 +149,31 @@ def make_trainer_class():
         # so the Trainer divides it by the accumulation steps itself.
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, banned_ids: list[int] | None = None, **kwargs):
+        def __init__(self, *args, banned_ids: list[int] | None = None, marker_lr: float | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.banned_ids = banned_ids or []
+            self.marker_lr = marker_lr
+
+        def create_optimizer(self, model=None):
+            # The marker rows (PEFT's trainable-token parameters) get their own learning rate, no decay.
+            opt_model = self.model if model is None else model
+            named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+            marker_params = [p for n, p in named if "trainable_tokens" in n]
+            if self.optimizer is None and self.marker_lr is not None and marker_params:
+                others = [p for n, p in named if "trainable_tokens" not in n]
+                cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+                self.optimizer = cls([{"params": others, "weight_decay": self.args.weight_decay},
+                                      {"params": marker_params, "weight_decay": 0.0, "lr": self.marker_lr}],
+                                     **kwargs)
+            return super().create_optimizer(model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            nll, count = target_nll(model, inputs, self.banned_ids)
-            loss = nll / count.clamp(min=1)
+            if "predict_at" in inputs:               # packed windows
+                nll = packed_token_nll(model, inputs, self.banned_ids)
+                loss = nll.sum() / (inputs["labels"] != -100).sum().clamp(min=1)
+            else:
+                nll, count = target_nll(model, inputs, self.banned_ids)
+                loss = nll / count.clamp(min=1)
             return (loss, {"loss": loss}) if return_outputs else loss
 
     return FlashBackTrainer
@@ -146,7 +188,7 @@ def build_model(cfg: TrainConfig):
     from .adapters import base_record
 
     base = base_record(model, tokenizer, cfg.model)
-    markers = add_marker_tokens(model, tokenizer) if cfg.uses_markers else None
+    markers = add_marker_tokens(model, tokenizer, init=cfg.marker_init) if cfg.uses_markers else None
     if cfg.tune == "lora":
         model = lora_model(model, cfg.lora, markers.as_list() if markers else None)
     else:
@@ -173,11 +215,10 @@ def train(cfg: TrainConfig, show_progress: bool = True):
         raise FlashBackError(f"{cfg.data} was prepared with another tokenizer "
                              f"({prepared['tokenizer'].get('name')}); prepare it again for {cfg.model}")
 
-    train_set = LayoutDataset(read_examples(Path(cfg.data) / "train", cfg.max_train_examples),
-                              cfg.pattern, markers, cfg.top_k)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train_set = _dataset(cfg, Path(cfg.data) / "train", cfg.max_train_examples, markers)
     eval_dir = Path(cfg.data) / "validation"
-    eval_set = (LayoutDataset(read_examples(eval_dir, cfg.max_eval_examples), cfg.pattern, markers, cfg.top_k)
-                if eval_dir.is_dir() else None)
+    eval_set = _dataset(cfg, eval_dir, cfg.max_eval_examples, markers) if eval_dir.is_dir() else None
     on_cuda = torch.cuda.is_available() and (cfg.device or "auto") != "cpu"
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
@@ -197,14 +238,15 @@ def train(cfg: TrainConfig, show_progress: bool = True):
         prediction_loss_only=True, dataloader_num_workers=0, **_precision_flags(cfg.precision, on_cuda))
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-        data_collator=LeftPadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-        banned_ids=markers.as_list() if markers else [])
+        data_collator=WindowCollator(pad) if cfg.pack else LeftPadCollator(pad),
+        banned_ids=markers.as_list() if markers else [], marker_lr=cfg.marker_lr if cfg.tune == "lora" else None)
     resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics = dict(result.metrics)
     if eval_set is not None:
-        metrics.update(trainer.evaluate())
-        metrics["eval_ppl"] = math.exp(metrics["eval_loss"]) if "eval_loss" in metrics else None
+        # The Trainer averages per-batch means; windows hold different numbers of targets, so the final
+        # figure comes from our evaluation, weighted by target token.
+        metrics.update(_evaluate(trainer.model, tokenizer, cfg, eval_dir, markers))
     metrics["train_examples"] = len(train_set)
     metrics["log_history"] = trainer.state.log_history
 
@@ -215,6 +257,58 @@ def train(cfg: TrainConfig, show_progress: bool = True):
     return model, tokenizer, metrics
 
 
+class WindowDataset(torch.utils.data.Dataset):
+    """Prepared windows, one item each: a packed sequence (append, none) or the window's separate examples."""
+
+    def __init__(self, records: list[dict[str, Any]], pattern: str, markers=None, top_k: int | None = None,
+                 echo: int = 0) -> None:
+        if pattern in PACKABLE:
+            self.items = [pack_record(r, pattern, markers, top_k, echo) for r in records]
+        else:
+            self.items = [[{"input_ids": layout(ex, pattern, markers, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
+                           for ex in unpack_record(r)] for r in records]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+class WindowCollator:
+    """A batch of windows: packed sequences side by side, or all their separate examples left-padded."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+        self._examples = LeftPadCollator(pad_id)
+
+    def __call__(self, items):
+        if isinstance(items[0], list):
+            return self._examples([ex for window in items for ex in window])
+        return collate_packed(items, self.pad_id)
+
+
+def _dataset(cfg: TrainConfig, split_dir: Path, limit: int | None, markers):
+    """The training / evaluation set of one split, packed or per point."""
+    if cfg.pack:
+        return WindowDataset(read_windows(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo)
+    return LayoutDataset(read_examples(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo)
+
+
+def _evaluate(model, tokenizer, cfg: TrainConfig, split_dir: Path, markers) -> dict[str, float]:
+    from .evaluate import prepared_perplexity, windows_perplexity
+
+    was_training = model.training
+    if cfg.pack:
+        result = windows_perplexity(model, tokenizer, read_windows(split_dir, cfg.max_eval_examples), cfg.pattern,
+                                    markers is not None, cfg.top_k, cfg.layout_echo)
+    else:
+        result = prepared_perplexity(model, tokenizer, read_examples(split_dir, cfg.max_eval_examples), cfg.pattern,
+                                     markers is not None, cfg.top_k, echo=cfg.layout_echo)
+    model.train(was_training)
+    return {"eval_loss": result["nll"], "eval_ppl": result["ppl"], "eval_tokens": result["tokens"]}
+
+
 def save_output(model, tokenizer, cfg: TrainConfig, markers, base, pcfg, out: Path, metrics) -> None:
     """Write the adapter (LoRA) or model (full) files plus flashback.json and the metrics."""
     from ..io_utils import atomic_write_json
@@ -222,7 +316,8 @@ def save_output(model, tokenizer, cfg: TrainConfig, markers, base, pcfg, out: Pa
 
     engine = FlashBackConfig(pattern=cfg.pattern, markers=cfg.uses_markers, stride=pcfg["stride"],
                              query_tokens=pcfg["query_tokens"], doc_tokens=pcfg["doc_tokens"],
-                             top_k=cfg.top_k or pcfg["top_k"], passage_template=pcfg["passage_template"])
+                             top_k=cfg.top_k or pcfg["top_k"], echo_tokens=cfg.echo_tokens,
+                             passage_template=pcfg["passage_template"])
     out.mkdir(parents=True, exist_ok=True)
     if cfg.tune == "full":
         model.save_pretrained(str(out))

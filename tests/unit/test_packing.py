@@ -109,7 +109,7 @@ def test_collate_pads_rows_and_masks_missing_targets():
     b = pack_window([1, 2, 3, 4, 5, 6, 7, 8], [2, 4], [[90], [91]], stride=2)
     batch = collate_packed([a, b], pad_id=0)
     assert batch["input_ids"].shape == (2, len(b)) and batch["attention_mask"].shape == (2, 1, len(b), len(b))
-    assert batch["targets"][0].tolist() == [3, 4, -100, -100]
+    assert batch["labels"][0].tolist() == [3, 4, -100, -100]
 
 
 @pytest.mark.integration

@@ -17,8 +17,8 @@ from flashback_rag.models import add_marker_tokens, load_model
 from flashback_rag.retrievers import BM25Retriever
 from flashback_rag.training.adapters import read_meta
 from flashback_rag.training.data import layout, read_examples
-from flashback_rag.training.evaluate import prepared_perplexity, text_perplexity
-from flashback_rag.training.prepare import PrepareConfig, prepare, token_stream
+from flashback_rag.training.evaluate import prepared_perplexity, text_perplexity, windows_perplexity
+from flashback_rag.training.prepare import PrepareConfig, prepare, read_windows, token_stream
 from flashback_rag.training.trainer import TrainConfig, train
 
 MAX_POS, STRIDE = 96, 8
@@ -122,10 +122,89 @@ def test_training_lowers_the_loss(trained):
     losses = [h["loss"] for h in metrics["log_history"] if "loss" in h]
     assert losses[-1] < losses[0] - 0.3
     base, base_tok = load_model("tiny-random-llama")
-    val = read_examples(data / "validation")
-    before = prepared_perplexity(base, base_tok, val, "append", markers=True)["ppl"]
-    after = prepared_perplexity(model, tok, val, "append", markers=True)["ppl"]
+    val = read_windows(data / "validation")             # packed training evaluates on windows
+    before = windows_perplexity(base, base_tok, val, "append", markers=True)["ppl"]
+    after = windows_perplexity(model, tok, val, "append", markers=True)["ppl"]
     assert after < before and math.isclose(after, metrics["eval_ppl"], rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("pattern,echo", [("append", 0), ("append", 4), ("none", 0)])
+def test_packed_window_perplexity_equals_separate_examples(trained, pattern, echo):
+    """Evaluation packs windows for append / none and gives the numbers of one example per point."""
+    _, model, tok, _, data = trained
+    val = read_windows(data / "validation")
+    packed = windows_perplexity(model, tok, val, pattern, True, echo=echo, pack=True)
+    separate = windows_perplexity(model, tok, val, pattern, True, echo=echo, pack=False)
+    assert packed["packed"] and not separate["packed"]
+    assert packed["tokens"] == separate["tokens"] == sum(len(r["points"]) for r in val) * STRIDE
+    assert math.isclose(packed["ppl"], separate["ppl"], rel_tol=1e-5)
+    assert len(packed["nll_by_position"]) == STRIDE
+
+
+def test_prepared_windows_cover_the_stream_under_the_bound(prepared):
+    data, args, _ = prepared
+    cfg = PrepareConfig(**args["config"])
+    for split in ("train", "validation"):
+        records = read_windows(data / split)
+        assert args["counts"][f"{split}_windows"] == len(records)
+        for r in records:
+            assert len(r["tokens"]) <= cfg.window_length and len(r["points"]) == len(r["passages"])
+            for at, found in zip(r["points"], r["passages"]):
+                block = sum(map(len, found)) + 2
+                assert at >= cfg.window_prefix and at + STRIDE + block <= MAX_POS
+        # consecutive windows: each one's first target follows the previous one's last
+        for a, b in zip(records, records[1:]):
+            assert b["start"] + b["points"][0] == a["start"] + a["points"][-1] + STRIDE
+
+
+def test_marker_rows_start_distinct_and_both_train(trained):
+    """Markers start apart (not both at the mean) and both rows move at their own learning rate."""
+    adapter, model, *_ = trained
+    base, tok = load_model("tiny-random-llama")
+    marks = add_marker_tokens(base, tok)
+    start = base.get_input_embeddings().weight[marks.as_list()].detach().clone()
+    assert not torch.equal(start[0], start[1])
+    mean = base.get_input_embeddings().weight[:marks.left].mean(0)
+    assert not torch.allclose(start[0], mean) and not torch.allclose(start[1], mean)
+    trained_rows = model.merge_and_unload().get_input_embeddings().weight[marks.as_list()].detach()
+    moved = (trained_rows - start).norm(dim=-1)
+    assert (moved > 1e-2 * start.norm(dim=-1)).all(), moved
+
+
+def test_marker_rows_have_their_own_learning_rate(prepared, tmp_path):
+    """With a vanishing LoRA rate, only the marker rows (at --marker-lr) move noticeably."""
+    data, _, _ = prepared
+    cfg = TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / "a"), pattern="append",
+                      learning_rate=1e-9, marker_lr=5e-2, batch_size=2, max_steps=3, warmup_ratio=0.0,
+                      report_to="none", max_eval_examples=2)
+    model, _, _ = train(cfg, show_progress=False)
+    base, tok = load_model("tiny-random-llama")
+    marks = add_marker_tokens(base, tok)
+    start = base.get_input_embeddings().weight[marks.as_list()]
+    rows = next(p for n, p in model.named_parameters() if "trainable_tokens_delta" in n)
+    assert ((rows - start).abs().max(dim=-1).values > 1e-2).all()
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert max(float(p.abs().max()) for p in lora_b) < 1e-6
+
+
+@pytest.mark.parametrize("init", ["mean", "offset", "tokens"])
+def test_marker_inits(init):
+    base, tok = load_model("tiny-random-gpt2")
+    rows = base.get_input_embeddings().weight.shape[0]
+    marks = add_marker_tokens(base, tok, init=init)
+    weight = base.get_input_embeddings().weight
+    assert torch.equal(weight[:rows], load_model("tiny-random-gpt2")[0].get_input_embeddings().weight)
+    assert torch.equal(weight[marks.left], weight[marks.right]) == (init == "mean")
+
+
+def test_unpacked_training_still_works(prepared, tmp_path):
+    data, _, _ = prepared
+    cfg = TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / "a"), pattern="append",
+                      echo_tokens=4, pack=False, learning_rate=5e-3, batch_size=8, max_steps=4, report_to="none",
+                      max_eval_examples=8)
+    _, _, metrics = train(cfg, show_progress=False)
+    assert metrics["train_examples"] > 8 and math.isfinite(metrics["eval_ppl"])
+    assert read_meta(tmp_path / "a")["config"]["echo_tokens"] == 4
 
 
 def test_only_lora_weights_and_the_two_marker_rows_change(trained):
