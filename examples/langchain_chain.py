@@ -23,11 +23,13 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     """Run the example; ``model`` may be an already loaded ``(model, tokenizer)`` pair to reuse."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m-flashback",
+                        help="a FlashBack model (its recorded layout is the default) or a base model")
     parser.add_argument("--adapter", default=None, help="a FlashBack adapter folder for the model")
-    parser.add_argument("--pattern", choices=("append", "prepend"), default="append")
+    parser.add_argument("--pattern", choices=("append", "prepend"), default=None,
+                        help="default: the model's own (append for the shipped FlashBack model)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--stride", type=int, default=16)
+    parser.add_argument("--stride", type=int, default=None, help="default: the model's own (16)")
     parser.add_argument("--fast", action="store_true", help="8 tokens, a retrieval every 4")
     args = parser.parse_args(argv)
     if args.fast:
@@ -40,10 +42,11 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     from flashback_rag.demo import demo_index
     from langchain_flashback import FlashBackLLM, FlashBackRetriever
 
+    # Only the settings given here override the model's own (a FlashBack model records its layout).
+    layout = {k: v for k, v in (("pattern", args.pattern), ("stride", args.stride)) if v is not None}
     retriever = FlashBackRetriever(retriever=demo_index(), k=1)          # Python docs, BM25
     llm = FlashBackLLM(model=args.model if model is None else model, adapter=args.adapter,
-                       retriever=retriever, pattern=args.pattern,
-                       stride=args.stride, query_tokens=32, doc_tokens=128, top_k=1,
+                       retriever=retriever, **layout,
                        max_new_tokens=args.max_new_tokens)
     prompt = PromptTemplate.from_template(
         "Use the documentation to answer.\n\n{context}\n\nQuestion: {question}\nAnswer:")
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
         names = ", ".join(f"{p.title} [{p.id}]" for p in record.passages) or "(none)"
         print(f"  token {record.step:>3}: {names}   <- query ...{record.query[-40:]!r}")
     print(f"\n{result.stats.generated_tokens} tokens in {seconds:.2f}s "
-          f"({result.stats.retrievals} retrievals, {len(chunks)} streamed chunks, pattern={args.pattern})")
+          f"({result.stats.retrievals} retrievals, {len(chunks)} streamed chunks, pattern={llm.engine.config.pattern}, echo {llm.engine.config.echo_tokens})")
     return {"answer": "".join(chunks), "seconds": seconds, "retrievals": len(result.retrievals),
             "chunks": len(chunks)}
 

@@ -28,12 +28,14 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     """Run the example; ``model`` may be an already loaded ``(model, tokenizer)`` pair to reuse."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m-flashback",
+                        help="a FlashBack model (its recorded layout is the default) or a base model")
     parser.add_argument("--adapter", default=None, help="a FlashBack adapter folder for the model")
     parser.add_argument("--layout", choices=("flashback", "standard"), default="flashback")
-    parser.add_argument("--pattern", choices=("append", "prepend"), default="append")
+    parser.add_argument("--pattern", choices=("append", "prepend"), default=None,
+                        help="default: the model's own (append for the shipped FlashBack model)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--stride", type=int, default=16)
+    parser.add_argument("--stride", type=int, default=None, help="default: the model's own (16)")
     parser.add_argument("--fast", action="store_true", help="8 tokens, a retrieval every 4")
     args = parser.parse_args(argv)
     if args.fast:
@@ -49,10 +51,11 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
         FlashBackRetriever,
     )
 
+    # Only the settings given here override the model's own (a FlashBack model records its layout).
+    layout = {k: v for k, v in (("pattern", args.pattern), ("stride", args.stride)) if v is not None}
     retriever = FlashBackRetriever(demo_index(), similarity_top_k=2)        # Python docs, BM25
     llm = FlashBackLLM(args.model if model is None else model, adapter=args.adapter, retriever=retriever,
-                       pattern=args.pattern,
-                       stride=args.stride, query_tokens=32, doc_tokens=128, top_k=1,
+                       **layout,
                        max_new_tokens=args.max_new_tokens, is_chat_model=True)
     if args.layout == "flashback":
         engine = RetrieverQueryEngine.from_args(retriever, llm=llm, text_qa_template=FLASHBACK_QA_PROMPT,
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
         names = ", ".join(f"{p.title} [{p.id}]" for p in record.passages) or "(none)"
         print(f"  token {record.step:>3}: {names}   <- query ...{record.query[-40:]!r}")
     print(f"\n{result.stats.generated_tokens} tokens in {seconds:.2f}s "
-          f"({result.stats.retrievals} retrievals, layout={args.layout}, pattern={args.pattern})")
+          f"({result.stats.retrievals} retrievals, layout={args.layout}, pattern={llm.engine.config.pattern}, echo {llm.engine.config.echo_tokens})")
     return {"answer": response.response, "seconds": seconds, "retrievals": len(result.retrievals),
             "first_block": [p.id for p in result.retrievals[0].passages] if result.retrievals else [],
             "source_nodes": [n.node.node_id for n in response.source_nodes]}

@@ -1,11 +1,15 @@
-"""``flashback demo``: append vs prepend on SmolLM2 over the Python docs, fully offline.
+"""``flashback demo``: no retrieval, prepend and FlashBack side by side on SmolLM2 over the Python docs, offline.
 
-    $ flashback demo            # texts, passages used, and the measured speed-up
-    $ flashback demo --json     # {"append": {...}, "prepend": {...}, "speedup": ...}
+    $ flashback demo            # three texts, their times, and how much each copies and repeats itself
+    $ flashback demo --json     # {"none": {...}, "prepend": {...}, "flashback": {...}, "speedup": ...}
 
 It builds (once, cached) a BM25 index over the standard library's documentation found on this machine
-(``stdlib_corpus``), loads SmolLM2-135M, warms both patterns up, then generates the same continuation
-with append (FlashBack) and prepend (In-Context RALM), timing each by wall clock in the same process.
+(``stdlib_corpus``) and generates the same continuation of the same prompt three ways: the base model with
+no retrieval, the base model with prepended passages (In-Context RALM), and the shipped FlashBack model
+(``smollm2-135m-flashback``: passages appended between trained markers, the running text echoed after
+them, the prefix's KV cache kept). Each is timed by wall clock in the same process after a warm-up, and
+scored with two numbers that make degenerate copying visible (``text_stats``): the share of its 8-grams
+found verbatim in the passages it was given, and the share of its 8-grams it had already produced.
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from .io_utils import cache_root
 
 DEMO_PROMPT_TOPIC = "with"
 DEMO_QUESTION = "\n\nIn short, a context manager in Python is"
+DEMO_MODEL = "smollm2-135m-flashback"
+# The shipped model was trained on 64-token chunks (plus their title line); the demo index matches.
+DEMO_CHUNK_TOKENS = 64
+NGRAM = 8
 
 
-def demo_index(model_alias: str = "smollm2-135m", rebuild: bool = False) -> Path:
+def demo_index(model_alias: str = "smollm2-135m", rebuild: bool = False,
+               chunk_tokens: int = DEMO_CHUNK_TOKENS) -> Path:
     """The cached BM25 index over the Python documentation (built on first use)."""
     from .corpus import chunk_documents
     from .indexing import load_tokenizer
@@ -30,11 +39,12 @@ def demo_index(model_alias: str = "smollm2-135m", rebuild: bool = False) -> Path
     from .retrievers.index_folder import MANIFEST_FILE
     from .stdlib_corpus import stdlib_documents
 
-    out = cache_root() / "indexes" / f"python-docs-{model_alias}-{sys.version_info.major}.{sys.version_info.minor}"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    out = cache_root() / "indexes" / f"python-docs-{model_alias}-{version}-{chunk_tokens}"
     if (out / MANIFEST_FILE).is_file() and not rebuild:
         return out
-    chunks = list(chunk_documents(stdlib_documents(), load_tokenizer(model_alias), 128))
-    extra = {"chunking": {"chunk_tokens": 128, "tokenizer": model_alias}, "source": "python stdlib docs"}
+    chunks = list(chunk_documents(stdlib_documents(), load_tokenizer(model_alias), chunk_tokens))
+    extra = {"chunking": {"chunk_tokens": chunk_tokens, "tokenizer": model_alias}, "source": "python stdlib docs"}
     BM25Retriever.from_chunks(chunks, manifest_extra=extra).save(out)
     return out
 
@@ -49,61 +59,84 @@ def demo_prompt(tokenizer, prompt_tokens: int) -> str:
     return tokenizer.decode(ids) + DEMO_QUESTION
 
 
-def run_demo(model: str = "smollm2-135m", max_new_tokens: int = 128, prompt_tokens: int = 512,
-             stride: int = 16, query_tokens: int = 32, doc_tokens: int = 128, top_k: int = 1,
+def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: int = 512,
              device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """Generate with no retrieval, prepend (base model) and FlashBack (``model``); texts, times, shares.
+
+    ``model`` is a FlashBack model (shipped name, or a folder / adapter-carrying model whose recorded
+    settings are the layout); the other two rows use its base model with the same retrieval settings.
+    """
     from .config import FlashBackConfig
     from .decoding import FlashBack
-    from .models import load_model
+    from .models import base_alias, load_model
     from .retrievers import load_index
 
-    retriever = load_index(demo_index(model if model == "smollm2-135m" else "smollm2-135m"))
-    lm, tokenizer = load_model(model, device=device, dtype=dtype)
+    base = base_alias(model)
+    flash_lm, tokenizer = load_model(model, device=device, dtype=dtype)
+    trained = getattr(flash_lm, "flashback_config", None) or FlashBackConfig()
+    base_lm, base_tokenizer = load_model(base, device=device, dtype=dtype) if base != model else (flash_lm, tokenizer)
+    retriever = load_index(demo_index("smollm2-135m" if base.startswith("smollm2") else base))
     prompt = demo_prompt(tokenizer, prompt_tokens)
-    engines = {pattern: FlashBack(lm, tokenizer, retriever, FlashBackConfig(
-        pattern=pattern, stride=stride, query_tokens=query_tokens, doc_tokens=doc_tokens, top_k=top_k))
-        for pattern in ("append", "prepend")}
+    engines = {
+        "none": FlashBack(base_lm, base_tokenizer, None, trained.replace(pattern="none")),
+        "prepend": FlashBack(base_lm, base_tokenizer, retriever,
+                             trained.replace(pattern="prepend", markers=False, echo_tokens=0)),
+        "flashback": FlashBack(flash_lm, tokenizer, retriever, trained),
+    }
     for fb in engines.values():          # warm-up: first calls pay for allocation and lazy init
-        fb.generate(prompt, max_new_tokens=2 * stride, ignore_eos=True)
-    out: dict[str, Any] = {"model": model, "prompt_tokens": len(tokenizer(prompt).input_ids),
-                           "settings": {"stride": stride, "query_tokens": query_tokens,
-                                        "doc_tokens": doc_tokens, "top_k": top_k,
-                                        "max_new_tokens": max_new_tokens}}
-    for pattern, fb in engines.items():
-        result = fb.generate(prompt, max_new_tokens=max_new_tokens, ignore_eos=True)
-        out[pattern] = {
-            "text": result.text, "seconds": round(result.stats.total_seconds, 3),
-            "tokens": result.stats.generated_tokens,
-            "retrieval_seconds": round(result.stats.retrieval_seconds, 3),
-            "prefill_tokens": result.stats.prefill_tokens,
-            "passages": [{"step": r.step, "query": r.query,
-                          "passages": [{"id": p.id, "title": p.title, "score": round(p.score, 3)}
-                                       for p in r.passages]} for r in result.retrievals],
-        }
-    out["speedup"] = round(out["prepend"]["seconds"] / out["append"]["seconds"], 3)
+        fb.generate(prompt, max_new_tokens=2 * trained.stride, ignore_eos=True)
+    out: dict[str, Any] = {"model": model, "base_model": base, "prompt_tokens": len(tokenizer(prompt).input_ids),
+                           "settings": {**trained.to_dict(), "max_new_tokens": max_new_tokens, "ngram": NGRAM}}
+    for name, fb in engines.items():
+        out[name] = _describe(fb, fb.generate(prompt, max_new_tokens=max_new_tokens, ignore_eos=True))
+    out["speedup"] = round(out["prepend"]["seconds"] / out["flashback"]["seconds"], 3)
     return out
+
+
+def _describe(fb, result) -> dict[str, Any]:
+    """What the report shows of one generation: text, time, copy and repetition shares, passages."""
+    from .text_stats import copy_share, repeat_share
+
+    given = [fb._passage_tokens(p) for r in result.retrievals for p in r.passages]
+    return {
+        "pattern": fb.config.pattern, "echo_tokens": fb.config.layout_echo, "text": result.text,
+        "seconds": round(result.stats.total_seconds, 3), "tokens": result.stats.generated_tokens,
+        "retrieval_seconds": round(result.stats.retrieval_seconds, 3),
+        "prefill_tokens": result.stats.prefill_tokens,
+        "copy_share": round(copy_share(result.token_ids, given, NGRAM), 3),
+        "repeat_share": round(repeat_share(result.token_ids, NGRAM), 3),
+        "passages": [{"step": r.step, "query": r.query,
+                      "passages": [{"id": p.id, "title": p.title, "score": round(p.score, 3)} for p in r.passages]}
+                     for r in result.retrievals],
+    }
+
+
+ROW_TITLES = {"none": "no retrieval (base model)", "prepend": "prepend (base model, In-Context RALM)",
+              "flashback": "FlashBack ({model})"}
 
 
 def _print_report(report: dict[str, Any]) -> None:
     s = report["settings"]
-    print(f"FlashBack demo: {report['model']}, prompt {report['prompt_tokens']} tokens, "
-          f"{s['max_new_tokens']} new tokens, re-retrieval every {s['stride']} tokens\n")
-    for pattern in ("append", "prepend"):
-        r = report[pattern]
-        print(f"=== {pattern}: {r['tokens']} tokens in {r['seconds']:.2f}s "
-              f"(retrieval {r['retrieval_seconds']:.2f}s, {r['prefill_tokens']} tokens prefilled)")
+    print(f"FlashBack demo: {report['model']} (base {report['base_model']}), prompt {report['prompt_tokens']} "
+          f"tokens, {s['max_new_tokens']} new tokens, re-retrieval every {s['stride']} tokens, "
+          f"{s['doc_tokens']}-token passages, echo {s['echo_tokens']}\n")
+    for name in ("none", "prepend", "flashback"):
+        r = report[name]
+        print(f"=== {ROW_TITLES[name].format(model=report['model'])}: {r['tokens']} tokens in {r['seconds']:.2f}s "
+              f"({r['prefill_tokens']} tokens prefilled); {s['ngram']}-grams copied from its passages "
+              f"{r['copy_share']:.0%}, repeated within it {r['repeat_share']:.0%}")
         print(r["text"].strip())
         print()
-    print("passages used (append):")
-    for rec in report["append"]["passages"]:
+    print("passages FlashBack read:")
+    for rec in report["flashback"]["passages"]:
         titles = ", ".join(f"{p['title']} [{p['id']}]" for p in rec["passages"]) or "(none)"
         print(f"  step {rec['step']:>4}: {titles}")
-    print(f"\nspeed-up of append over prepend: {report['speedup']:.2f}x (wall clock, same run, after warm-up)")
+    print(f"\nspeed-up of FlashBack over prepend: {report['speedup']:.2f}x (wall clock, same run, after warm-up)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     report = run_demo(model=args.model, max_new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens,
-                      stride=args.stride, doc_tokens=args.doc_tokens, device=args.device, dtype=args.dtype)
+                      device=args.device, dtype=args.dtype)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -112,12 +145,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    demo = subparsers.add_parser("demo", help="append vs prepend on SmolLM2 over the Python docs (offline)")
-    demo.add_argument("--model", default="smollm2-135m")
+    demo = subparsers.add_parser("demo", help="no retrieval, prepend and FlashBack on SmolLM2 over the Python "
+                                              "docs (offline)")
+    demo.add_argument("--model", default=DEMO_MODEL, help="FlashBack model (default: %(default)s); the other "
+                      "rows use its base model with its retrieval settings")
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--prompt-tokens", type=int, default=512, help="length of the docs passage in the prompt")
-    demo.add_argument("--stride", type=int, default=16)
-    demo.add_argument("--doc-tokens", type=int, default=128)
     demo.add_argument("--device", default=None)
     demo.add_argument("--dtype", default=None)
     demo.add_argument("--json", action="store_true", help="print the report as JSON")

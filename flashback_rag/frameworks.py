@@ -91,7 +91,9 @@ def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retrie
     if isinstance(model, tuple) and len(model) == 2:
         if adapter is not None:
             raise ConfigError("adapter= applies when model is a name or path, not a (model, tokenizer) pair")
-        return FlashBack(model[0], model[1], retriever, resolve_config(config, **config_fields))
+        # a FlashBack model (an adapter-carrying one) brings its recorded settings as the defaults
+        recorded = config if config is not None else getattr(model[0], "flashback_config", None)
+        return FlashBack(model[0], model[1], retriever, resolve_config(recorded, **config_fields))
     if not isinstance(model, (str, os.PathLike)):
         raise ConfigError("model must be a name or path, a FlashBack engine or a (model, tokenizer) pair, "
                           f"got {type(model).__name__}")

@@ -30,8 +30,9 @@ def load_tokenizer(name: str | None):
     """A tokenizer for chunking: a model alias / folder / hub id, or ``words`` (whitespace, no model)."""
     if name in (None, "", "words"):
         return None
-    from .models import ALIASES, load_model
+    from .models import ALIASES, base_alias, load_model
 
+    name = base_alias(name)                 # a shipped FlashBack model reads with its base's tokenizer
     if name.startswith("tiny-random-"):
         return load_model(name)[1]
     if name in ALIASES:

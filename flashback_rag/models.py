@@ -12,6 +12,11 @@ Aliases (see ``ALIASES``):
 - ``tiny-random-<arch>`` for arch in llama, gpt2, opt, qwen2: two-layer models with random but
   deterministic weights and a byte-level tokenizer, for tests and smoke runs.
 
+Shipped FlashBack models (see ``SHIPPED``): a base alias plus a FlashBack adapter (LoRA + the two marker
+rows) stored inside this package, with the layout it was trained for as its default settings:
+- ``smollm2-135m-flashback``: SmolLM2-135M-Instruct + the adapter of ``training/smollm2_flashback.sh``
+  (model card: ``flashback_rag/shipped/smollm2-135m-flashback/README.md``).
+
 Marker tokens are added on demand by :func:`add_marker_tokens`, which returns their ids; nothing
 assumes where in the vocabulary they sit.
 """
@@ -195,6 +200,31 @@ ALIASES: dict[str, tuple[str, Callable[[], Any]]] = {
 }
 
 
+# Shipped FlashBack models: name -> (base model alias, adapter folder under flashback_rag/shipped/).
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+SHIPPED: dict[str, tuple[str, str]] = {
+    "smollm2-135m-flashback": ("smollm2-135m", "smollm2-135m-flashback"),
+}
+
+
+def shipped_adapter(name: str) -> Path:
+    """The adapter folder of a shipped FlashBack model."""
+    folder = SHIPPED_DIR / SHIPPED[name][1]
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise ModelNotFoundError(f"the {name} adapter is missing from this installation ({folder}); "
+                                 "reinstall flashback-rag")
+    return folder
+
+
+def base_alias(name: str) -> str:
+    """The base model of a shipped FlashBack model (its tokenizer too); other names are their own base."""
+    return SHIPPED[name][0] if name in SHIPPED else name
+
+
+def known_models() -> list[str]:
+    return sorted([*ALIASES, *SHIPPED])
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
@@ -208,6 +238,12 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     bfloat16 on a recent GPU). ``adapter``: a folder written by ``flashback train`` (LoRA + marker
     rows), restored on top, markers included (see ``training/adapters.py``).
     """
+    if str(name_or_path) in SHIPPED:
+        if adapter is not None:
+            raise ModelNotFoundError(f"{name_or_path} already carries its FlashBack adapter; give adapter= "
+                                     f"with its base model {base_alias(str(name_or_path))} instead")
+        return load_model(base_alias(str(name_or_path)), device=device, dtype=dtype,
+                          adapter=shipped_adapter(str(name_or_path)))
     if adapter is not None:
         from .training.adapters import apply_adapter
 
@@ -229,7 +265,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     elif path.suffix == ".gguf":
         path = convert_gguf(path)
     elif not path.is_dir() and not _looks_like_hub_id(name):
-        known = ", ".join(sorted(ALIASES))
+        known = ", ".join(known_models())
         raise ModelNotFoundError(
             f"unknown model {name!r}: not an alias ({known}), a local folder, a .gguf file, "
             "or a Hugging Face id of the form owner/name")

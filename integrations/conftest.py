@@ -51,6 +51,14 @@ def smollm2_model():
 
 
 @pytest.fixture(scope="session")
+def smollm2_flashback_model():
+    """The shipped FlashBack model (SmolLM2 + its adapter), whose recorded settings are its defaults."""
+    from flashback_rag import load_model
+
+    return load_model("smollm2-135m-flashback")
+
+
+@pytest.fixture(scope="session")
 def python_docs():
     """(title, text) of some Python language-reference topics (the demo's corpus, cut down)."""
     from flashback_rag.stdlib_corpus import pydoc_topic_documents

@@ -52,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .tuning import LoraSettings
 
     cfg = TrainConfig(
-        model=args.model, data=args.data, out=args.out, pattern=args.pattern, markers=args.markers,
+        model=args.model, data=args.data if len(args.data) > 1 else args.data[0], out=args.out, pattern=args.pattern, markers=args.markers,
         tune=args.tune, lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                           targets=args.lora_targets),
         top_k=args.top_k, echo_tokens=args.echo_tokens, pack=args.pack, learning_rate=args.learning_rate,
@@ -162,7 +162,9 @@ def add_commands(subparsers) -> None:
 
     t = subparsers.add_parser("train", help="fine-tune LoRA + marker rows (or the full model)")
     t.add_argument("--model", required=True)
-    t.add_argument("--data", required=True, help="folder written by `flashback prepare`")
+    t.add_argument("--data", required=True, nargs="+",
+                   help="folder(s) written by `flashback prepare`; several are mixed (the first's validation "
+                        "split evaluates)")
     t.add_argument("--out", required=True, help="adapter folder to write")
     t.add_argument("--pattern", choices=("append", "prepend", "none"), default="append")
     t.add_argument("--markers", action=argparse.BooleanOptionalAction, default=True)

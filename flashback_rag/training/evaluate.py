@@ -93,15 +93,19 @@ def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], patter
             bar.update(len(chunk))
     else:
         collate = LeftPadCollator(pad)
-        examples = [ex for r in records for ex in unpack_record(r)]
-        bar = tqdm(total=len(examples), desc=f"ppl {pattern}", unit=" ex", disable=not show_progress)
-        for chunk in batched(examples, batch_size * 8):
-            items = [{"input_ids": layout(ex, pattern, marks, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
-                     for ex in chunk]
-            batch = {k: v.to(device) for k, v in collate(items).items()}
+        items = [{"input_ids": layout(ex, pattern, marks, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
+                 for r in records for ex in unpack_record(r)]
+        # Batches of similar lengths waste little on padding; the rows go back in point order after.
+        order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
+        scored: list[torch.Tensor | None] = [None] * len(items)
+        bar = tqdm(total=len(items), desc=f"ppl {pattern}", unit=" ex", disable=not show_progress)
+        for chunk in batched(order, batch_size * 8):
+            batch = {k: v.to(device) for k, v in collate([items[i] for i in chunk]).items()}
             nll, _ = token_nll(model, batch, banned)
-            rows.append(nll.float().cpu())
+            for row, i in enumerate(chunk):
+                scored[i] = nll[row].float().cpu()
             bar.update(len(chunk))
+        rows = [torch.stack(scored)]
     bar.close()
     return torch.cat(rows)
 

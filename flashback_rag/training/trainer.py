@@ -47,7 +47,7 @@ class TrainConfig:
     """Everything ``flashback train`` needs; recorded in the adapter's ``flashback.json``."""
 
     model: str
-    data: str
+    data: str | list[str]                 # a prepared folder, or several whose training sets are mixed
     out: str
     pattern: str = "append"
     markers: bool = True
@@ -99,6 +99,13 @@ class TrainConfig:
             raise ConfigError(f"unknown marker_init {self.marker_init!r}; choose one of {', '.join(MARKER_INITS)}")
         if self.pattern == "none":
             self.markers = False      # nothing to mark without passages
+        if isinstance(self.data, (list, tuple)) and not self.data:
+            raise ConfigError("give at least one prepared data folder")
+
+    @property
+    def data_dirs(self) -> list[Path]:
+        """The prepared folders: the first one's validation split (if any) is the evaluation set."""
+        return [Path(d) for d in ([self.data] if isinstance(self.data, (str, Path)) else self.data)]
 
     @property
     def uses_markers(self) -> bool:
@@ -207,17 +214,24 @@ def train(cfg: TrainConfig, show_progress: bool = True):
     except ImportError:
         raise MissingDependencyError("training needs transformers and accelerate: pip install 'flashback-rag[train]'") from None
 
-    prepared = read_prepared_args(cfg.data)
-    pcfg = prepared["config"]
+    prepared = [read_prepared_args(d) for d in cfg.data_dirs]
+    pcfg = prepared[0]["config"]
+    for folder, args in zip(cfg.data_dirs, prepared):
+        mismatch = [k for k in ("stride", "query_tokens", "doc_tokens", "passage_template") if args["config"][k] != pcfg[k]]
+        if mismatch:
+            raise FlashBackError(f"{folder} was prepared with other {', '.join(mismatch)} than {cfg.data_dirs[0]}; "
+                                 "mixed folders must share the layout settings")
     out = Path(cfg.out)
     model, tokenizer, markers, base = build_model(cfg)
-    if prepared["tokenizer"]["fingerprint"] != tokenizer_fingerprint(tokenizer):
-        raise FlashBackError(f"{cfg.data} was prepared with another tokenizer "
-                             f"({prepared['tokenizer'].get('name')}); prepare it again for {cfg.model}")
+    for folder, args in zip(cfg.data_dirs, prepared):
+        if args["tokenizer"]["fingerprint"] != tokenizer_fingerprint(tokenizer):
+            raise FlashBackError(f"{folder} was prepared with another tokenizer "
+                                 f"({args['tokenizer'].get('name')}); prepare it again for {cfg.model}")
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_set = _dataset(cfg, Path(cfg.data) / "train", cfg.max_train_examples, markers)
-    eval_dir = Path(cfg.data) / "validation"
+    train_set = torch.utils.data.ConcatDataset(
+        [_dataset(cfg, folder / "train", cfg.max_train_examples, markers) for folder in cfg.data_dirs])
+    eval_dir = cfg.data_dirs[0] / "validation"
     eval_set = _dataset(cfg, eval_dir, cfg.max_eval_examples, markers) if eval_dir.is_dir() else None
     on_cuda = torch.cuda.is_available() and (cfg.device or "auto") != "cpu"
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * cfg.grad_accum))

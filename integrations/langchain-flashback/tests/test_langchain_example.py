@@ -9,11 +9,12 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "langchain_chain.py
 
 
 @pytest.mark.integration
-def test_example_runs_fast(capsys, smollm2_model):
+def test_example_runs_fast(capsys, smollm2_flashback_model):
     spec = importlib.util.spec_from_file_location("langchain_chain_example", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    out = example.main(["--fast"], model=smollm2_model)
+    out = example.main(["--fast"], model=smollm2_flashback_model)
     printed = capsys.readouterr().out
     assert out["answer"].strip() and out["retrievals"] == 2 and out["chunks"] > 1
     assert "passage blocks while decoding" in printed and "tokens in" in printed
+    assert "echo 16" in printed          # the shipped model's own layout, not the engine defaults

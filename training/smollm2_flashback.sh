@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The shipped `smollm2-135m-flashback` model: SmolLM2-135M-Instruct + a FlashBack adapter (append, markers,
+# echo of 16 tokens, LoRA r=16 + the two marker rows), trained on CPU from the Python 3.11 documentation.
+# These are exactly the settings of the FlashBack + echo row of benchmarks/quality.py, which scores this
+# adapter (`--use-adapter`) in both retrieval regimes.
+#   bash training/smollm2_flashback.sh [WORK_DIR] [ADAPTER_OUT]      # ~12 min on 2 CPU cores
+#   STEPS=2 POINTS=64 bash training/smollm2_flashback.sh /tmp/w       # a smoke pass of every step
+# Corpus: Debian's python3.11-doc reST sources (fetched with apt-get download), split by a seeded hash of the
+# title into index / train / validation documents (flashback_rag/python_doc_corpus.py). Half the training
+# windows retrieve from the index documents only ("related"), half from an index that also holds the
+# training documents ("copy"), so the model learns to use a passage that continues the text and to keep
+# going when it does not.
+set -euo pipefail
+WORK=${1:-runs/smollm2-flashback}
+OUT=${2:-$WORK/adapter}
+FLASHBACK=${FLASHBACK:-flashback}
+PYTHON=${PYTHON:-python}
+STEPS=${STEPS:-30}
+POINTS=${POINTS:-600}
+BATCH=${BATCH:-4}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+MODEL=smollm2-135m
+mkdir -p "$WORK/corpus"
+
+# 1. corpus: the split the quality benchmark uses (seed 42: 30% train, 10% validation, the rest indexed)
+$PYTHON - "$WORK" <<'PY'
+import json, sys, pathlib
+from flashback_rag.python_doc_corpus import python_docs, split_three_ways
+work = pathlib.Path(sys.argv[1])
+docs, name = python_docs(work)
+parts = split_three_ways(docs, seed=42, train_share=0.3, val_share=0.1)
+files = {"index": parts["index"], "train": parts["train"], "copy-train": parts["index"] + parts["train"],
+         "validation": parts["validation"]}
+for file, chosen in files.items():
+    with open(work / "corpus" / f"{file}.jsonl", "w", encoding="utf-8") as out:
+        for d in chosen:
+            out.write(json.dumps({"title": d.title, "text": d.text}) + "\n")
+print(f"{name}: " + ", ".join(f"{k} {len(v)}" for k, v in files.items()), file=sys.stderr)
+PY
+# 2. two BM25 indexes over 64-token chunks: related (index documents) and copy (+ the training documents)
+$FLASHBACK index build --input "$WORK/corpus/index.jsonl" --out "$WORK/index-related" --chunk-tokens 64 \
+    --tokenizer $MODEL --quiet
+$FLASHBACK index build --input "$WORK/corpus/copy-train.jsonl" --out "$WORK/index-copy" --chunk-tokens 64 \
+    --tokenizer $MODEL --quiet
+# 3. packed windows: 256 positions, retrieval every 16 tokens from 64 tokens into a window, passages of up
+#    to 80 tokens (the chunk and its title line), room for the 16-token echo
+PREP="--model $MODEL --input $WORK/corpus/train.jsonl --validation-fraction 0 --stride 16 --query-tokens 32
+      --doc-tokens 80 --max-positions 256 --echo-tokens 16 --min-prefix 64 --seed 42 --quiet"
+$FLASHBACK prepare $PREP --index "$WORK/index-related" --out "$WORK/data-related" --max-examples $((POINTS / 2))
+$FLASHBACK prepare $PREP --index "$WORK/index-copy" --out "$WORK/data-copy" --max-examples $((POINTS - POINTS / 2))
+# 4. LoRA + markers on the append + echo layout, both regimes mixed, BATCH packed windows a step
+$FLASHBACK train --model $MODEL --data "$WORK/data-related" "$WORK/data-copy" --out "$OUT" \
+    --pattern append --markers --echo-tokens 16 --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
+    --warmup-ratio 0.1 --logging-steps $(( STEPS >= 10 ? STEPS / 10 : 1 )) --seed 42 --report-to none --quiet
+echo "adapter written to $OUT"
