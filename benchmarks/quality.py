@@ -60,6 +60,10 @@ class Row:
     markers: bool
     trained: bool
     echo: bool = False        # uses --echo-tokens
+    echo_k: int | None = None  # ... or this echo length (the untrained echo sweep)
+
+    def echo_tokens(self, default: int) -> int:
+        return (self.echo_k if self.echo_k is not None else default) if self.echo else 0
 
 
 ROWS = [
@@ -175,12 +179,17 @@ def run(args) -> dict:
     _, tokenizer = load_model(args.model, device="cpu")
     data = build_data(args, tokenizer, work, parts)
     val = {regime: read_windows(data[f"val-{regime}"] / "train") for regime in REGIMES}
+    lengths = [len(p) for v in val.values() for r in v for found in r["passages"] for p in found]
+    passages = {"count": len(lengths), "mean_tokens": sum(lengths) / max(1, len(lengths)),
+                "cut_share": sum(n >= args.doc_tokens for n in lengths) / max(1, len(lengths))}
     prep_seconds = time.perf_counter() - t0
     log(f"{corpus_name}: {len(parts['index'])} index / {len(parts['train'])} train / {len(parts['validation'])} "
         f"validation documents; validation windows {', '.join(f'{r} {len(v)}' for r, v in val.items())} "
         f"({prep_seconds:.0f}s)")
 
-    rows = [r for r in ROWS if r.key in args.rows]
+    rows = [r for r in ROWS if r.key in args.rows] + [
+        Row(f"append_echo{k}", f"append + echo {k} (no training)", "append", True, False, echo=True, echo_k=k)
+        for k in args.echo_sweep if k != args.echo_tokens]
     results, nll = {}, {regime: {} for regime in REGIMES}
     base_model = None
     for row in rows:
@@ -195,7 +204,7 @@ def run(args) -> dict:
             if all(regime in saved for regime in args.regimes):
                 continue
         started = time.perf_counter()
-        echo = args.echo_tokens if row.echo else 0
+        echo = row.echo_tokens(args.echo_tokens)
         record = {"key": row.key, "label": row.label, "pattern": row.pattern, "markers": row.markers,
                   "trained": row.trained, "echo_tokens": echo}
         if row.key in args.use_adapter:
@@ -251,7 +260,7 @@ def run(args) -> dict:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
             "corpus": corpus_name, "documents": {k: len(v) for k, v in parts.items()}, "settings": settings,
-            "regimes": list(args.regimes), "machine": machine(args.threads),
+            "regimes": list(args.regimes), "machine": machine(args.threads), "passages": passages,
             "total_seconds": time.perf_counter() - t0, "rows": report_rows}
 
 
@@ -261,7 +270,7 @@ def check_reused(adapter: Path, row: Row, args) -> None:
 
     training = read_meta(adapter).get("training", {})
     prepared = training.get("prepared", {})
-    want = {"pattern": row.pattern, "markers": row.markers, "echo_tokens": args.echo_tokens if row.echo else 0,
+    want = {"pattern": row.pattern, "markers": row.markers, "echo_tokens": row.echo_tokens(args.echo_tokens),
             "learning_rate": args.learning_rate, "marker_lr": args.marker_lr, "marker_init": args.marker_init,
             "max_steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "model": args.model}
     want_prepared = {"stride": args.stride, "query_tokens": args.query_tokens, "doc_tokens": args.doc_tokens,
@@ -305,7 +314,9 @@ def markdown(report: dict) -> str:
         f"0.05 on the attention projections (+ the two marker rows at lr {s['marker_lr']}, init "
         f"`{s['marker_init']}`), {s['steps']} steps x {s['batch_size']} packed windows (lr {s['learning_rate']}, "
         f"cosine, 10% warm-up), half retrieving from the index documents, half from an index that also holds "
-        f"the training documents. Validation documents: {report['documents']['validation']}; the intervals "
+        f"the training documents. Validation passages: {report['passages']['mean_tokens']:.1f} tokens on average, "
+        f"{report['passages']['cut_share']:.1%} cut at the cap. "
+        f"Validation documents: {report['documents']['validation']}; the intervals "
         "are 95% bootstrap intervals over windows (paired for the ratios).", "",
     ]
     for regime in report["regimes"]:
@@ -385,6 +396,8 @@ def main(argv=None) -> int:
     p.add_argument("--marker-init", default=None, help="default: flashback train's")
     p.add_argument("--eval-batch-size", type=int, default=2)
     p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--echo-sweep", type=int, nargs="*", default=[4, 32],
+                   help="also score untrained append + echo with these echo lengths")
     p.add_argument("--rows", nargs="+", default=[r.key for r in ROWS], choices=[r.key for r in ROWS])
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     p.add_argument("--use-adapter", nargs="*", default=[], metavar="ROW=DIR",

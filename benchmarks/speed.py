@@ -207,14 +207,17 @@ def calibrate(model, prompt: list[int], block: int, repeats: int = 5) -> dict[st
 
 
 # ----------------------------------------------------------------------------- cost model
-def schedule(pattern: str, init: int, total: int, stride: int, block: int, markers: bool = True
-             ) -> list[tuple[int, int]]:
+def schedule(pattern: str, init: int, total: int, stride: int, block: int, markers: bool = True,
+             echo: int = 0) -> list[tuple[int, int]]:
     """The forwards a generation makes: (tokens fed, context length before them), in order.
 
     With markers, prepend's recomputes all start with the same ``<MARK_L>``, whose cached position the
-    engine keeps (the longest common prefix rule), so they feed one token less.
+    engine keeps (the longest common prefix rule), so they feed one token less. Append's echo
+    (``echo`` prefix tokens repeated after the block) belongs to the block: k more tokens per retrieval.
     """
     new = total - init
+    if pattern == "append":
+        block += min(echo, init)
     if pattern == "none":
         return [(init, 0)] + [(1, init + j) for j in range(1, new)]
     forwards = []
@@ -267,7 +270,7 @@ def run_point(args, name: str, model, tokenizer, total: int, lora: bool) -> dict
     init, stride, device = args.init_length, args.stride, next(model.parameters()).device
     new_tokens = total - init
     config = FlashBackConfig(stride=stride, doc_tokens=args.doc_tokens, query_tokens=args.query_tokens,
-                             top_k=1, markers=True)
+                             top_k=1, markers=True, echo_tokens=args.echo_tokens)
     ids = plain_token_ids(tokenizer)
     if args.real_text:
         from flashback_rag.demo import demo_index, demo_prompt
@@ -315,7 +318,8 @@ def run_point(args, name: str, model, tokenizer, total: int, lora: bool) -> dict
         assert stats.generated_tokens == new_tokens, (p, stats.generated_tokens)
     if "prepend" in patterns and "append" in patterns:
         record[f"speedup{suffix}"] = record[f"prepend{suffix}_s"] / record[f"append{suffix}_s"]
-        plans = {p: schedule(p, init, total, stride, block) for p in ("prepend", "append", "none")}
+        plans = {p: schedule(p, init, total, stride, block, echo=args.echo_tokens)
+                 for p in ("prepend", "append", "none")}
         record[f"predicted_speedup{suffix}"] = (predicted_seconds(plans["prepend"], constants)
                                                 / predicted_seconds(plans["append"], constants))
         rank = args.lora_rank if lora else 0
@@ -439,6 +443,9 @@ def parse_args(argv=None):
     p.add_argument("--stride", type=int, default=16)
     p.add_argument("--doc-tokens", type=int, default=128)
     p.add_argument("--query-tokens", type=int, default=32)
+    p.add_argument("--echo-tokens", type=int, default=0,
+                   help="append: repeat the last N prefix tokens after each block (k more prefill tokens per "
+                        "retrieval)")
     p.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=PATTERNS)
     p.add_argument("--lora", action="store_true", help="also time every pattern with a LoRA adapter")
     p.add_argument("--lora-rank", type=int, default=16)
@@ -511,7 +518,7 @@ def main(argv=None) -> int:
                     found = next((r for r in runs if r["model"] == name and r["T"] == total), None)
                     if found is None:
                         found = {"model": name, "T": total, "init_length": args.init_length,
-                                 "stride": args.stride, "doc_tokens": args.doc_tokens,
+                                 "stride": args.stride, "doc_tokens": args.doc_tokens, "echo_tokens": args.echo_tokens,
                                  "query_tokens": args.query_tokens}
                         runs.append(found)
                     found.update(record)

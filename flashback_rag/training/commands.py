@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..config import FlashBackConfig
 from ..errors import FlashBackError
 
 
@@ -103,9 +104,14 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
         if not Path(args.text).is_file():
             raise FlashBackError(f"no such text file: {args.text}")
         retriever = load_index(args.index, forbidden_titles=args.forbidden_titles) if args.index else None
+        layout = trained or FlashBackConfig()
+        stride, query_tokens, doc_tokens, top_k = (
+            given if given is not None else getattr(layout, name)
+            for given, name in ((args.stride, "stride"), (args.query_tokens, "query_tokens"),
+                                (args.doc_tokens, "doc_tokens"), (args.top_k, "top_k")))
         result = text_perplexity(model, tokenizer, Path(args.text).read_text(encoding="utf-8"), retriever,
-                                 pattern, markers, args.stride, args.query_tokens, args.doc_tokens,
-                                 args.top_k or 1, args.max_positions, args.max_tokens, args.batch_size,
+                                 pattern, markers, stride, query_tokens, doc_tokens, top_k,
+                                 args.max_positions, args.max_tokens, args.batch_size,
                                  show_progress=not args.quiet, echo=echo)
         result["text"] = str(args.text)
     result.update(model=args.model, adapter=args.adapter)
@@ -226,9 +232,9 @@ def add_commands(subparsers) -> None:
                      help="--data: score prepared windows, packed (default when present); --no-pack: per-point examples")
     ppl.add_argument("--multi", choices=("concat", "average", "average-probs"), default="concat",
                      help="several passages: one block, or one context each averaged (the seed's scoring)")
-    ppl.add_argument("--stride", type=int, default=16)
-    ppl.add_argument("--query-tokens", type=int, default=32)
-    ppl.add_argument("--doc-tokens", type=int, default=128)
+    ppl.add_argument("--stride", type=int, default=None, help="--text: default the model's own, else 16")
+    ppl.add_argument("--query-tokens", type=int, default=None, help="--text: default the model's own, else 32")
+    ppl.add_argument("--doc-tokens", type=int, default=None, help="--text: default the model's own, else 128")
     ppl.add_argument("--max-positions", type=int, default=None)
     ppl.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of --text")
     ppl.add_argument("--max-examples", type=int, default=None)

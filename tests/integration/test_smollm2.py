@@ -52,10 +52,16 @@ def test_second_load_is_fast_and_identical(smollm2):
 
 
 def test_demo_json(capsys):
+    """Three rows on one prompt: no retrieval, prepend (base model), FlashBack (the shipped model)."""
     assert main(["demo", "--json", "--max-new-tokens", "32", "--prompt-tokens", "96"]) == 0
     report = json.loads(capsys.readouterr().out)
-    for pattern in ("append", "prepend"):
-        assert set(report[pattern]) >= {"text", "seconds", "tokens"}
-        assert report[pattern]["tokens"] == 32 and report[pattern]["text"].strip()
-    assert report["speedup"] == pytest.approx(report["prepend"]["seconds"] / report["append"]["seconds"], rel=1e-2)
-    assert report["append"]["passages"][0]["passages"]
+    assert report["model"] == "smollm2-135m-flashback" and report["base_model"] == "smollm2-135m"
+    for row in ("none", "prepend", "flashback"):
+        assert set(report[row]) >= {"text", "seconds", "tokens", "copy_share", "repeat_share"}
+        assert report[row]["tokens"] == 32 and report[row]["text"].strip()
+        assert 0 <= report[row]["copy_share"] <= 1 and 0 <= report[row]["repeat_share"] <= 1
+    assert report["none"]["copy_share"] == 0 and not report["none"]["passages"]
+    assert report["flashback"]["pattern"] == "append" and report["flashback"]["echo_tokens"] == 16
+    assert report["prepend"]["pattern"] == "prepend"
+    assert report["speedup"] == pytest.approx(report["prepend"]["seconds"] / report["flashback"]["seconds"], rel=1e-2)
+    assert report["flashback"]["passages"][0]["passages"]

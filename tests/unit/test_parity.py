@@ -9,6 +9,7 @@ import torch
 from helpers import HashRetriever
 
 from flashback_rag import FlashBack, FlashBackConfig
+from flashback_rag.retrievers.base import Passage
 
 ARCHS = ["llama", "gpt2", "opt", "qwen2"]
 PROMPT = "The capital of France is a city that"
@@ -59,12 +60,21 @@ def test_parity_with_several_passages_and_window_slides(tiny_models, arch, patte
     assert [s.window_start for s in cached.slides] == [s.window_start for s in reference.slides]
 
 
+class ChangingRetriever(HashRetriever):
+    """A different passage at every retrieval: prepend can never reuse its cache across one."""
+
+    def retrieve(self, query, k):
+        self.calls.append(query)
+        n = len(self.calls)
+        return [Passage(id=str(n), text=self.texts[n % len(self.texts)] + f" ({n})", title=f"T{n}")]
+
+
 def test_append_keeps_the_prefix_cache(tiny_models):
     """Append re-feeds only the last stride tokens + block; prepend recomputes the prefix."""
     model, tokenizer = tiny_models["llama"]
     stats = {}
     for pattern in ("append", "prepend"):
-        fb = FlashBack(model, tokenizer, HashRetriever(),
+        fb = FlashBack(model, tokenizer, ChangingRetriever(),
                        FlashBackConfig(pattern=pattern, stride=4, query_tokens=8, doc_tokens=24))
         stats[pattern] = fb.generate(PROMPT, max_new_tokens=40, ignore_eos=True).stats
     assert stats["append"].reused_tokens > 3 * stats["prepend"].reused_tokens

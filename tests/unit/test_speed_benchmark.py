@@ -19,17 +19,18 @@ def speed():
     return module
 
 
-@pytest.mark.parametrize("pattern", ["prepend", "append", "none"])
-def test_schedule_is_what_the_engine_feeds(tiny_models, speed, pattern):
+@pytest.mark.parametrize("pattern,echo", [("prepend", 0), ("append", 0), ("append", 6), ("none", 0)])
+def test_schedule_is_what_the_engine_feeds(tiny_models, speed, pattern, echo):
     """The cost model prices the forwards the engine makes: same count, same tokens per forward."""
     model, tokenizer = tiny_models["llama"]
     init, total, stride, doc = 40, 90, 8, 12
     ids = speed.plain_token_ids(tokenizer)
     prompt = speed.random_prompt(ids, init, seed=1)
     retriever = speed.RandomPassages(tokenizer, doc, ids, seed=1) if pattern != "none" else None
-    fb = FlashBack(model, tokenizer, retriever, FlashBackConfig(pattern=pattern, stride=stride, doc_tokens=doc))
+    fb = FlashBack(model, tokenizer, retriever, FlashBackConfig(pattern=pattern, stride=stride, doc_tokens=doc,
+                                                                echo_tokens=echo))
     stats = fb.generate(prompt, max_new_tokens=total - init, ignore_eos=True).stats
-    plan = speed.schedule(pattern, init, total, stride, doc + 2)
+    plan = speed.schedule(pattern, init, total, stride, doc + 2, echo=echo)
     assert stats.forward_calls == len(plan)
     assert stats.decode_steps == sum(1 for fed, _ in plan if fed == 1)
     assert stats.prefill_tokens == sum(fed for fed, _ in plan if fed > 1)
