@@ -125,7 +125,7 @@ class FlashBack:
         if config is None:
             config = getattr(model, "flashback_config", None)
         if config is None and adapter is None and (Path(str(model_name_or_path)) / "flashback.json").is_file():
-            from .training.adapters import adapter_config     # a merged or fully tuned model folder
+            from .adapters import adapter_config     # a merged or fully tuned model folder
 
             config = adapter_config(model_name_or_path)
         if config_fields:

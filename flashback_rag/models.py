@@ -206,10 +206,10 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
 
     The model is put in eval mode on ``device`` (CUDA when present) in ``dtype`` (float32 on CPU,
     bfloat16 on a recent GPU). ``adapter``: a folder written by ``flashback train`` (LoRA + marker
-    rows), restored on top, markers included (see ``training/adapters.py``).
+    rows), restored on top, markers included (see ``adapters.py``).
     """
     if adapter is not None:
-        from .training.adapters import apply_adapter
+        from .adapters import apply_adapter
 
         model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
         return apply_adapter(model, tokenizer, adapter), tokenizer

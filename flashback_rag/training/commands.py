@@ -70,7 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..retrievers import load_index
-    from .adapters import adapter_config
+    from ..adapters import adapter_config
     from .data import read_examples
     from .evaluate import prepared_perplexity, text_perplexity
 
@@ -108,7 +108,7 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .adapters import export_merged
+    from ..adapters import export_merged
 
     if not args.merge:
         raise FlashBackError("only --merge export is supported: it writes a plain Hugging Face model folder")
