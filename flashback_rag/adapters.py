@@ -76,25 +76,102 @@ def write_meta(directory: str | Path, *, tune: str, markers, config: FlashBackCo
     return meta
 
 
-def check_meta(meta: Any) -> dict[str, Any]:
+TUNES = ("lora", "full", "merged")
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_FILE = "adapter_model.bin"
+
+
+def check_meta(meta: Any, where: str = META_FILE) -> dict[str, Any]:
+    """A ``flashback.json`` record with every field checked (type and value), else one clear error."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
-        raise AdapterMismatchError(f"{META_FILE} is not a flashback adapter record")
-    if meta.get("version", 0) > VERSION:
-        raise AdapterMismatchError(f"adapter format {meta['version']} is newer than this flashback-rag reads")
+        raise AdapterMismatchError(f"{where} is not a flashback adapter record")
+    version = meta.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise AdapterMismatchError(f"{where}: 'version' must be an integer, got {version!r}")
+    if version > VERSION:
+        raise AdapterMismatchError(f"adapter format {version} is newer than this flashback-rag reads")
+    if meta.get("tune") not in TUNES:
+        raise AdapterMismatchError(f"{where}: 'tune' must be one of {', '.join(TUNES)}, got {meta.get('tune')!r}")
+    if not isinstance(meta["config"], dict):
+        raise AdapterMismatchError(f"{where}: 'config' must be an object of FlashBackConfig fields")
+    try:
+        config = FlashBackConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as err:
+        raise AdapterMismatchError(f"{where}: 'config' is not a valid FlashBackConfig: {err}") from None
+    if not isinstance(meta.get("base", {}), dict):
+        raise AdapterMismatchError(f"{where}: 'base' must be an object")
+    marks = meta.get("markers")
+    if marks is None:
+        if config.retrieves and config.markers and meta["tune"] == "lora":
+            # The engine would add fresh (untrained) markers and PEFT would find trained rows at ids
+            # nobody recorded: refuse rather than generate with the wrong embeddings.
+            raise AdapterMismatchError(f"{where}: the adapter was trained with markers but records no marker "
+                                       "ids ('markers' is missing); the file is damaged: restore it or train again")
+    elif not (isinstance(marks, dict)
+              and all(isinstance(marks.get(k), int) and not isinstance(marks.get(k), bool) and marks[k] >= 0
+                      for k in ("left", "right"))
+              and all(isinstance(marks.get(k), str) and marks[k] for k in ("left_token", "right_token"))):
+        raise AdapterMismatchError(f"{where}: 'markers' must hold integer ids 'left', 'right' and the "
+                                   "strings 'left_token', 'right_token'")
     return meta
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
     """The ``flashback.json`` of an adapter (or merged / fully tuned model) folder."""
+    from .io_utils import read_text
+
     path = Path(directory) / META_FILE
     if not Path(directory).is_dir():
         raise AdapterMismatchError(f"no adapter folder at {directory}")
     if not path.is_file():
         raise AdapterMismatchError(f"{directory} has no {META_FILE}: not an adapter written by `flashback train`")
     try:
-        return check_meta(json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as err:
+        return check_meta(json.loads(read_text(path)), str(path))
+    except ValueError as err:      # JSON syntax (UTF-8 problems already say which file and line)
         raise AdapterMismatchError(f"{path} is corrupt: {err}") from None
+
+
+def check_adapter_folder(directory: str | Path) -> dict[str, Any]:
+    """Everything about an adapter folder that can be checked without a model; returns its record.
+
+    A LoRA adapter needs PEFT's ``adapter_config.json`` and ``adapter_model.safetensors``; pickle weights
+    (``adapter_model.bin``) are refused: unpickling a file can run any code it carries.
+    """
+    directory = Path(directory)
+    meta = read_meta(directory)
+    if meta["tune"] != "lora":
+        return meta
+    if not (directory / "adapter_config.json").is_file():
+        raise AdapterMismatchError(f"adapter {directory} has no adapter_config.json (PEFT's settings)")
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        if (directory / PICKLE_FILE).is_file():
+            raise AdapterMismatchError(
+                f"adapter {directory} holds pickle weights ({PICKLE_FILE}), which can run code when loaded; "
+                f"flashback loads only {WEIGHTS_FILE} (convert it where you trust the file)")
+        raise AdapterMismatchError(f"adapter {directory} has no {WEIGHTS_FILE}: the weights are missing")
+    _check_safetensors_size(weights, directory)
+    return meta
+
+
+def _check_safetensors_size(path: Path, directory: Path) -> None:
+    """A truncated file: the header promises more bytes than the file has."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise AdapterMismatchError(f"adapter {directory}: {path.name} is truncated ({size} bytes)")
+        length = struct.unpack("<Q", head)[0]
+        try:
+            header = json.loads(handle.read(min(length, size)))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise AdapterMismatchError(f"adapter {directory}: {path.name} is truncated or damaged") from None
+    if 8 + length + end > size:
+        raise AdapterMismatchError(f"adapter {directory}: {path.name} is truncated ({size} bytes, "
+                                   f"its header describes {8 + length + end})")
 
 
 def adapter_config(directory: str | Path) -> FlashBackConfig:
@@ -121,7 +198,7 @@ def apply_adapter(model, tokenizer, directory: str | Path):
     from .models import add_marker_tokens
 
     directory = Path(directory)
-    meta = read_meta(directory)
+    meta = check_adapter_folder(directory)
     if meta["tune"] != "lora":
         raise AdapterMismatchError(f"{directory} holds a {meta['tune']!r} model, not a LoRA adapter: "
                                    "load it directly with load_model(path)")
@@ -137,7 +214,7 @@ def apply_adapter(model, tokenizer, directory: str | Path):
     device = next(model.parameters()).device
     try:
         wrapped = peft.PeftModel.from_pretrained(model, str(directory), is_trainable=False)
-    except (RuntimeError, ValueError, KeyError) as err:   # shape mismatches and missing keys
+    except (RuntimeError, ValueError, KeyError, OSError) as err:   # shape mismatches, missing keys, bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AdapterMismatchError(f"adapter {directory} does not fit this model: {first}") from None
     wrapped.to(device)
@@ -156,7 +233,7 @@ def export_merged(base: str, adapter: str | Path, out: str | Path, device: str |
     if hasattr(merged, "flashback_config"):
         del merged.flashback_config
     out = Path(out)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, owner_file=META_FILE) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         meta = {**meta, "tune": "merged", "merged_from": str(adapter)}

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import PATTERNS, FlashBackConfig
-from .errors import FlashBackError
+from .errors import FlashBackError, os_error_message
 
 # Modules that add sub-commands: each defines add_commands(subparsers) -> None.
 COMMAND_MODULES: list[str] = [
@@ -53,6 +53,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
     g.add_argument("--top-k", type=int, default=1, help="passages per retrieval")
     g.add_argument("--max-context", type=int, default=None, help="cap the context window (tokens)")
     g.add_argument("--strict", action="store_true", help="stop when the retriever fails (default: skip)")
+    g.add_argument("--retrieval-timeout", type=float, default=None,
+                   help="seconds a retrieval may take before it counts as failed (default: no limit)")
     g.add_argument("--adapter", default=None, help="adapter folder from `flashback train` (LoRA + markers)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
@@ -61,7 +63,17 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
 def config_from_args(args: argparse.Namespace) -> FlashBackConfig:
     return FlashBackConfig(pattern=args.pattern, markers=args.markers, stride=args.stride,
                            query_tokens=args.query_tokens, doc_tokens=args.doc_tokens, top_k=args.top_k,
-                           max_context=args.max_context, strict=args.strict)
+                           max_context=args.max_context, strict=args.strict,
+                           retrieval_timeout=getattr(args, "retrieval_timeout", None))
+
+
+def read_stdin(what: str) -> str:
+    """All of stdin as UTF-8 text (whatever the locale says), with one error for other bytes."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise FlashBackError(f"{what} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
 
 
 # ----------------------------------------------------------------------------- generate
@@ -71,10 +83,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .retrievers import load_index
 
     config = config_from_args(args)          # validate flags before loading anything heavy
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin("the prompt on stdin") if args.prompt == "-" else args.prompt
     if config.retrieves and not args.index:
         raise FlashBackError(f"--pattern {config.pattern} needs --index DIR (or use --pattern none)")
-    retriever = load_index(args.index) if args.index else None
+    retriever = load_index(args.index, embedder=args.embedder) if args.index else None
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
     fb = FlashBack(model, tokenizer, retriever, config)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -115,7 +127,7 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
 def _cmd_index_search(args: argparse.Namespace) -> int:
     from .retrievers import load_index
 
-    retriever = load_index(args.index, forbidden_titles=args.forbidden_titles)
+    retriever = load_index(args.index, forbidden_titles=args.forbidden_titles, embedder=args.embedder)
     passages = retriever.retrieve(args.query, args.k)
     if args.json:
         print(json.dumps([p.to_dict() for p in passages], indent=2, ensure_ascii=False))
@@ -137,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate text with periodic re-retrieval")
     gen.add_argument("prompt", help="the prompt text, or - to read it from stdin")
     gen.add_argument("--index", help="index folder to retrieve from")
+    gen.add_argument("--embedder", help="dense index: the embedding model to query with (default: the "
+                     "packaged one or a folder inside the index)")
     add_engine_arguments(gen)
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -170,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5)
     search.add_argument("--forbidden-titles", help="file with one title a line to exclude")
+    search.add_argument("--embedder", help="dense index: the embedding model to query with")
     search.add_argument("--json", action="store_true")
     search.set_defaults(func=_cmd_index_search)
 
@@ -188,13 +203,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("transformers", "bm25s", "sentence_transformers", "httpx", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
+        from .cli_checks import check_arguments
+
+        check_arguments(args)                 # values, inputs, outputs: before any long work
         return int(args.func(args) or 0)
     except FlashBackError as err:
-        print(f"flashback: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
+    except OSError as err:                    # a full disk, a read-only folder...: the user's to fix
+        message = os_error_message(err)
+        if message is None:
+            raise
+        return _fail(message)
     except KeyboardInterrupt:
         print("flashback: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str) -> int:
+    # One line, whatever the message holds (a library's multi-line error text included).
+    print(f"flashback: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ class FlashBackConfig:
     strict:        a retriever that raises stops generation instead of being skipped with a warning.
     passage_template: how a passage is turned into text; ``{title}`` and ``{text}`` are filled in, and an
                    empty title drops the line it sits on.
+    retrieval_timeout: seconds one retrieval may take (None: no limit). A retriever that takes longer is
+                   recorded as a failed retrieval (``RetrievalError`` when ``strict``) and generation goes on.
     """
 
     pattern: str = "append"
@@ -56,6 +59,7 @@ class FlashBackConfig:
     passage_template: str = "{title}\n{text}"
     mark_left: str = MARK_L
     mark_right: str = MARK_R
+    retrieval_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
@@ -72,6 +76,10 @@ class FlashBackConfig:
             raise ConfigError("passage_template must contain {text}")
         if not self.mark_left or not self.mark_right or self.mark_left == self.mark_right:
             raise ConfigError("mark_left and mark_right must be two different non-empty strings")
+        timeout = self.retrieval_timeout
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout <= 0):
+            raise ConfigError(f"retrieval_timeout must be a positive number of seconds (or None), got {timeout!r}")
 
     @property
     def retrieves(self) -> bool:
@@ -124,7 +132,9 @@ class FlashBackConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"no FlashBack config at {path}")
-        return cls.from_json(path.read_text(encoding="utf-8"))
+        from .io_utils import read_text
+
+        return cls.from_json(read_text(path, "FlashBack config"))
 
 
 def config_fields() -> list[str]:

@@ -55,20 +55,22 @@ def read_text_file(path: Path) -> Document:
 
 
 def read_jsonl_file(path: Path) -> Iterator[Document]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as err:
-                raise FlashBackError(f"{path} line {number} is not valid JSON: {err}") from None
-            if not isinstance(record, dict):
-                raise FlashBackError(f"{path} line {number}: expected an object with a 'text' field")
-            text = record.get("text", record.get("contents"))
-            if not isinstance(text, str):
-                raise FlashBackError(f"{path} line {number}: no 'text' (or 'contents') string field")
-            yield Document(title=str(record.get("title") or ""), text=text)
+    from .io_utils import iter_text_lines
+
+    # One line at a time: a large corpus file is never held whole.
+    for number, line in iter_text_lines(path, "corpus file"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise FlashBackError(f"{path} line {number} is not valid JSON: {err}") from None
+        if not isinstance(record, dict):
+            raise FlashBackError(f"{path} line {number}: expected an object with a 'text' field")
+        text = record.get("text", record.get("contents"))
+        if not isinstance(text, str):
+            raise FlashBackError(f"{path} line {number}: no 'text' (or 'contents') string field")
+        yield Document(title=str(record.get("title") or ""), text=text)
 
 
 def read_documents(source: str | Path) -> Iterator[Document]:
