@@ -18,6 +18,7 @@ each keeping its document's title. Readers:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -73,6 +74,30 @@ def read_jsonl_file(path: Path) -> Iterator[Document]:
         yield Document(title=str(record.get("title") or ""), text=text)
 
 
+def _is_index_folder(folder: Path) -> bool:
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return '"flashback-index"' in manifest.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+
+
+def corpus_files(root: Path) -> list[Path]:
+    """The text and JSONL files below ``root``, sorted; index folders and hidden entries are skipped.
+
+    An index built inside its own input folder (or one being built there: a hidden temporary
+    folder) must not be read back as corpus on the next build, and ``.git`` and the like are not text.
+    """
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _is_index_folder(Path(folder) / d)]
+        found += [Path(folder) / n for n in names
+                  if not n.startswith(".") and Path(n).suffix.lower() in TEXT_SUFFIXES | JSONL_SUFFIXES]
+    return sorted(found)
+
+
 def read_documents(source: str | Path) -> Iterator[Document]:
     """Documents from a file or a folder (recursively); see the module docstring for the formats."""
     spec = str(source)
@@ -92,7 +117,7 @@ def read_documents(source: str | Path) -> Iterator[Document]:
         yield from read_hf_documents(f"hf:{path}")
         return
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES | JSONL_SUFFIXES)
+        files = corpus_files(path)
         if not files:
             raise EmptyCorpusError(f"{path} holds no .txt, .md, .rst or .jsonl files")
     else:

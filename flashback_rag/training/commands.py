@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..errors import FlashBackError
+from .output import drop_unused_prepare_record, staged_training_output
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -39,6 +40,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     record = {"model": args.model, "index": str(args.index), "input": str(args.input),
               "validation_input": args.validation_input, "validation_fraction": args.validation_fraction,
               "forbidden_titles": args.forbidden_titles}
+    drop_unused_prepare_record(args.out)      # a failed first run must not refuse the corrected one
     done = prepare(sources, retriever, tokenizer, args.out, cfg, record=record,
                    max_examples={"train": args.max_examples, "validation": args.max_validation_examples},
                    show_progress=not args.quiet)
@@ -61,7 +63,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         max_eval_examples=args.max_eval_examples, precision=args.precision, dtype=args.dtype, device=args.device,
         seed=args.seed, resume=args.resume, deepspeed=args.deepspeed,
         gradient_checkpointing=args.gradient_checkpointing, report_to=args.report_to)
-    _, _, metrics = train(cfg, show_progress=not args.quiet)
+    with staged_training_output(cfg.out, cfg.resume) as staging:   # old adapter or new one, never half
+        cfg.out = str(staging)
+        _, _, metrics = train(cfg, show_progress=not args.quiet)
     summary = {k: metrics.get(k) for k in ("train_loss", "eval_loss", "eval_ppl", "train_runtime", "train_examples")}
     print(json.dumps({"out": args.out, **summary}))
     return 0
