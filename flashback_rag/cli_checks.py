@@ -69,15 +69,15 @@ def steps_or_minus_one(value: Any) -> bool:   # -1 = "not set" (train --max-step
     return _integer(value) and (value > 0 or value == -1)
 
 
-def any_int(value: Any) -> bool:
-    return _integer(value)
+def seed(value: Any) -> bool:              # what torch.Generator.manual_seed takes
+    return _integer(value) and -(2 ** 63) <= value < 2 ** 64
 
 
 _WORDS: dict[Rule, str] = {
     positive_int: "a positive integer", non_negative_int: "an integer >= 0",
     positive_number: "a finite number > 0", non_negative_number: "a finite number >= 0",
     fraction: "a number in [0, 1]", open_fraction: "a number in [0, 1)", probability: "a number in (0, 1]",
-    steps_or_minus_one: "a positive integer (or -1: not set)", any_int: "an integer",
+    steps_or_minus_one: "a positive integer (or -1: not set)", seed: "an integer in [-2**63, 2**64)",
 }
 
 # Option dest -> rule. None values (an option left out) are never checked.
@@ -85,7 +85,7 @@ RULES: dict[str, Rule] = {
     # engine and generation
     "stride": positive_int, "query_tokens": positive_int, "doc_tokens": positive_int, "top_k": positive_int,
     "max_context": positive_int, "max_new_tokens": non_negative_int, "temperature": non_negative_number,
-    "top_p": probability, "sample_top_k": non_negative_int, "seed": any_int,
+    "top_p": probability, "sample_top_k": non_negative_int, "seed": seed,
     "retrieval_timeout": positive_number, "repetition_penalty": positive_number,
     "no_repeat_ngram_size": non_negative_int, "prompt_tokens": positive_int,
     # indexes and retrieval records
@@ -168,14 +168,15 @@ def _check_inputs(args: argparse.Namespace, command: str) -> None:
         from .adapters import check_adapter_folder
 
         check_adapter_folder(args.adapter)
-    if command == "train" and getattr(args, "data", None):
-        from .training.validation import check_prepared_folder
+    if command in ("train", "eval ppl") and getattr(args, "data", None):
+        from .training.validation import check_prepared_folder, model_vocab_size
 
-        check_prepared_folder(args.data, ("train",), what="--data")
-    if command == "eval ppl" and getattr(args, "data", None):
-        from .training.validation import check_prepared_folder
-
-        check_prepared_folder(args.data, (args.split,), what="--data")
+        if command == "train":     # train also evaluates on validation/ when prepare wrote one
+            splits = ["train"] + (["validation"] if (Path(args.data) / "validation").is_dir() else [])
+            limit = None
+        else:
+            splits, limit = [args.split], args.max_examples
+        check_prepared_folder(args.data, splits, what="--data", vocab=model_vocab_size(args.model), limit=limit)
     if command == "train" and getattr(args, "lora_targets", None) and getattr(args, "tune", "lora") == "lora":
         from .training.validation import check_lora_targets
 

@@ -90,13 +90,13 @@ def check_prepared_folder(folder: str | Path, splits: Iterable[str], what: str =
                           vocab: int | None = None, limit: int | None = None) -> dict[str, int]:
     """Check ``args.json`` and every example of ``splits``; return the number of examples per split.
 
-    ``vocab``: the model's vocabulary size (default: the one ``args.json`` records).
+    ``vocab``: the model's vocabulary size; the smaller of it and the one ``args.json`` records is used.
     """
     folder = Path(folder)
     record = read_prepared_record(folder, what)
-    if vocab is None:
-        recorded = record["tokenizer"].get("vocab_size")
-        vocab = recorded if isinstance(recorded, int) and recorded > 0 else None
+    recorded = record["tokenizer"].get("vocab_size")
+    sizes = [v for v in (vocab, recorded) if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    vocab = min(sizes) if sizes else None
     counts = {}
     for split in splits:
         count = 0
@@ -140,6 +140,13 @@ def model_config(name: str):
         return AutoConfig.from_pretrained(str(path) if path.is_dir() else name, local_files_only=True)
     except (OSError, ValueError):
         return None
+
+
+def model_vocab_size(name: str) -> int | None:
+    """Rows of the model's input embedding (a token id at or past it cannot be looked up), if known."""
+    config = model_config(name)
+    size = getattr(config, "vocab_size", None) if config is not None else None
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def module_names(config) -> list[str]:

@@ -235,6 +235,34 @@ ROWS: list[Row] = [
      "no adapter folder", ()),
     ("eval ppl with a damaged adapter", lambda t: PPL + ["--adapter", str(adapter(t, weights=None)), "--data",
                                                          str(prepared(t)), "--split", "train"], "weights are missing", ()),
+    # --- more families: wrong kinds of paths, empty inputs, out-of-range numbers
+    ("--forbidden-titles is a folder", lambda t: ["index", "search", str(index(t)), "q", "--forbidden-titles", str(t)],
+     "is a folder; give a text file", ()),
+    ("eval --text missing", lambda t: PPL + ["--pattern", "none", "--text", str(t / "nope.txt")], "no such file", ()),
+    ("empty prompt, no BOS", lambda t: GEN + ["--pattern", "none", ""], "the prompt is empty", ()),
+    ("search an index path that is a file", lambda t: ["index", "search", str(write(t, "f.txt", "x")), "q"],
+     "no index folder", ()),
+    ("chunking settings not an object", lambda t: ["index", "search", str(edit_manifest(t, chunking=[128])), "q"],
+     "'chunking' must be an object", ()),
+    ("corpus line not JSON", lambda t: ["index", "build", "--input", str(write(t, "c.jsonl", "{nope\n")), "--out",
+                                        str(t / "o"), "--tokenizer", "words"], "line 1 is not valid JSON", ("o",)),
+    ("corpus line without text", lambda t: ["index", "build", "--input", str(write(t, "c.jsonl", '{"title": "x"}\n')),
+                                            "--out", str(t / "o"), "--tokenizer", "words"], "no 'text'", ("o",)),
+    ("dense option on a bm25 build", lambda t: ["index", "build", "--input", str(write(t, "d.md", CORPUS)), "--out",
+                                                str(t / "o"), "--tokenizer", "words", "--embedder", "x"],
+     "has no option embedder", ("o",)),
+    ("build --nlist 0", lambda t: ["index", "build", "--input", str(write(t, "d.md", CORPUS)), "--out", str(t / "o"),
+                                   "--backend", "dense", "--nlist", "0"], "--nlist must be a positive integer", ("o",)),
+    ("--seed past 64 bits", lambda t: GEN + ["--pattern", "none", "--seed", str(2 ** 70), "hi"], "--seed must be", ()),
+    ("--top-k 0", lambda t: GEN + ["--index", str(index(t)), "--top-k", "0", "hi"], "--top-k must be", ()),
+    ("train --max-steps 0", lambda t: TRAIN + ["--data", str(prepared(t)), "--out", str(t / "a"), "--max-steps", "0"],
+     "--max-steps must be a positive integer (or -1", ("a",)),
+    ("train --grad-accum 0", lambda t: TRAIN + ["--data", str(prepared(t)), "--out", str(t / "a"), "--grad-accum", "0"],
+     "--grad-accum", ("a",)),
+    ("bad validation split", lambda t: TRAIN + ["--data", str(_bad_validation(t)), "--out", str(t / "a")],
+     "validation/00000.jsonl line 1", ("a",)),
+    ("full-tuned folder given as --adapter", lambda t: GEN + ["--adapter", str(adapter(t, tune="full")), "--pattern",
+                                                              "none", "hi"], "load it directly", ()),
     # --- outputs that would lose or half-write something
     ("retrieve --out is a folder", lambda t: ["retrieve", "--index", str(index(t)), "--input", "cats purr a lot",
                                               "--out", str(t), "--tokenizer", "words"], "is a folder", ()),
@@ -261,6 +289,13 @@ ROWS: list[Row] = [
 def _latin1_shard(tmp: Path) -> Path:
     data = prepared(tmp)
     (data / "train" / "00000.jsonl").write_bytes(b'{"passages": [], "src": [1], "tgt": [2], "note": "\xe9"}\n')
+    return data
+
+
+def _bad_validation(tmp: Path) -> Path:
+    data = prepared(tmp)
+    (data / "validation").mkdir()
+    (data / "validation" / "00000.jsonl").write_text('{"passages": [], "src": [1]}\n')
     return data
 
 
