@@ -195,6 +195,10 @@ def _check_outputs(args: argparse.Namespace, command: str) -> None:
         if kind == "file":
             check_output_file(value, flag(dest))
         else:
+            if command == "train":
+                from .training.output import resumable_owner
+
+                owner = resumable_owner(Path(value).expanduser(), bool(getattr(args, "resume", False)))
             check_output_folder(value, flag(dest), owner)
 
 

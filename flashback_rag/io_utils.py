@@ -109,7 +109,7 @@ def check_output_folder(path: str | Path, what: str = "output", owner_file: str 
     if path.exists() or path.is_symlink():
         if not path.is_dir():
             raise FlashBackError(f"{what} {path} is an existing file; refusing to replace it with a folder")
-        if owner_file is not None and not (path / owner_file).is_file() and any(path.iterdir()):
+        if owner_file is not None and not (path / owner_file).exists() and any(path.iterdir()):
             raise FlashBackError(f"{what} {path} is a folder with other files in it (no {owner_file}); "
                                  "refusing to replace it: give a new or empty folder")
     _check_parent(path, what)

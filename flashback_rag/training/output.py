@@ -47,7 +47,7 @@ def staged_training_output(out: str | Path, resume: bool = False) -> Iterator[Pa
         yield out
         return
     checkpoints = out.parent / f".{out.name}.checkpoints"
-    with atomic_directory(out, owner_file=META_FILE) as tmp:
+    with atomic_directory(out, owner_file=resumable_owner(out, resume)) as tmp:
         if not resume:
             shutil.rmtree(checkpoints, ignore_errors=True)
         elif not checkpoints.exists() and (out / "checkpoints").is_dir():
@@ -63,6 +63,12 @@ def staged_training_output(out: str | Path, resume: bool = False) -> Iterator[Pa
         (tmp / "checkpoints").unlink()
         os.replace(checkpoints, tmp / "checkpoints")
         _record_final_path(tmp, out)
+
+
+def resumable_owner(out: Path, resume: bool) -> str:
+    """What marks ``out`` as ours: ``flashback.json``, or with ``--resume`` the ``checkpoints/`` a run
+    interrupted before this layout (training straight into ``--out``) left behind."""
+    return "checkpoints" if resume and (Path(out) / "checkpoints").is_dir() else META_FILE
 
 
 def _record_final_path(folder: Path, out: Path) -> None:

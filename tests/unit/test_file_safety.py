@@ -165,6 +165,14 @@ def test_train_out_is_wholly_old_or_wholly_new(tmp_path, capsys):
     assert main(base + ["--lora-r", "4"]) == 0
     assert json.loads((out / "flashback.json").read_text())["training"]["lora"]["r"] == 4
     assert _hidden(tmp_path) == []
+    # --resume accepts the half folder a run killed before this layout left (checkpoints only)...
+    old_style = tmp_path / "killed"
+    (old_style / "checkpoints").mkdir(parents=True)
+    assert main([*base[:6], str(old_style), *base[7:], "--resume"]) == 0
+    assert (old_style / "flashback.json").is_file() and _hidden(tmp_path) == []
+    # ...but without --resume such a folder is not an adapter, and is not replaced.
+    (tmp_path / "other" / "checkpoints").mkdir(parents=True)
+    assert main([*base[:6], str(tmp_path / "other"), *base[7:]]) == 2
     capsys.readouterr()
 
 
