@@ -137,6 +137,24 @@ def _check_values(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag(dest)} must be {_WORDS[rule]}, got {value!r}")
 
 
+# Options that are text for the model (not paths): bytes that are not UTF-8 arrive from the shell as
+# lone surrogates, which tokenizers reject with a TypeError deep inside.
+TEXT_OPTIONS = ("prompt", "query", "stop")
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    for dest in TEXT_OPTIONS:
+        value = getattr(args, dest, None)
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    name = dest if dest in ("prompt", "query") else flag(dest)
+                    raise FlashBackError(f"the {name} is not UTF-8 text (a byte 0x{ord(text[err.start]) & 0xff:02x} "
+                                         f"at character {err.start}); check the terminal's encoding") from None
+
+
 def _check_device(args: argparse.Namespace) -> None:
     if getattr(args, "device", None) is not None:
         from .models import resolve_device
@@ -206,6 +224,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Every check that needs no model and no long work: values, input files, output paths."""
     command = command_name(args)
     _check_values(args)
+    _check_text(args)
     _check_device(args)
     _check_outputs(args, command)
     _check_inputs(args, command)

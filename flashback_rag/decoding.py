@@ -191,6 +191,10 @@ class FlashBack:
                 raise ConfigError(f"the prompt's token ids contain marker id(s) {forged}; only the engine "
                                   "places markers")
             return ids, int(bool(ids) and bos is not None and ids[0] == bos)
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:   # lone surrogates (undecodable bytes from a terminal or file)
+            raise ConfigError(f"the prompt is not valid Unicode text at character {err.start}") from None
         with _ENCODE_LOCK:
             with_special = self.tokenizer(prompt).input_ids
             plain = self.tokenizer(prompt, add_special_tokens=False).input_ids

@@ -263,6 +263,9 @@ ROWS: list[Row] = [
      "validation/00000.jsonl line 1", ("a",)),
     ("full-tuned folder given as --adapter", lambda t: GEN + ["--adapter", str(adapter(t, tune="full")), "--pattern",
                                                               "none", "hi"], "load it directly", ()),
+    ("prompt argument not utf-8", lambda t: GEN + ["--pattern", "none", "caf\udce9"], "the prompt is not UTF-8 text", ()),
+    ("search query not utf-8", lambda t: ["index", "search", str(index(t)), "caf\udce9"], "the query is not UTF-8", ()),
+    ("--stop not utf-8", lambda t: GEN + ["--pattern", "none", "--stop", "\udcff", "hi"], "--stop is not UTF-8", ()),
     # --- outputs that would lose or half-write something
     ("retrieve --out is a folder", lambda t: ["retrieve", "--index", str(index(t)), "--input", "cats purr a lot",
                                               "--out", str(t), "--tokenizer", "words"], "is a folder", ()),

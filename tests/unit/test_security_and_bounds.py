@@ -41,6 +41,8 @@ def test_a_prompt_cannot_contain_marker_ids(tiny):
     assert fb.encode_prompt("no markers here")[0] == fb.tokenizer("no markers here").input_ids
     with pytest.raises(ConfigError, match="marker id"):
         fb.generate([65, ids[0], 66], max_new_tokens=1)
+    with pytest.raises(ConfigError, match="not valid Unicode"):
+        fb.generate("caf\udce9", max_new_tokens=1)
 
 
 def test_a_leading_bos_is_kept_when_markers_are_split(tiny):
