@@ -72,6 +72,14 @@ class FlashBackConfig:
             isinstance(self.max_context, bool) or not isinstance(self.max_context, int) or self.max_context <= 1
         ):
             raise ConfigError(f"max_context must be an integer > 1, got {self.max_context!r}")
+        # Configs come from JSON files users can edit (adapters' flashback.json): a wrong type must be
+        # one ConfigError here, not a TypeError deep in the engine.
+        for name in ("markers", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("passage_template", "mark_left", "mark_right"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
         if "{text}" not in self.passage_template:
             raise ConfigError("passage_template must contain {text}")
         if not self.mark_left or not self.mark_right or self.mark_left == self.mark_right:

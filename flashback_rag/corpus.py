@@ -148,6 +148,15 @@ def text_segments(text: str, size: int = SEGMENT_CHARS) -> Iterator[str]:
     yield text[start:]
 
 
+def encode_long(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` (no special tokens), tokenised a segment at a time: the tokenizer's own
+    per-token bookkeeping stays bounded however long the text (only the ids are kept)."""
+    ids: list[int] = []
+    for segment in text_segments(text):
+        ids += tokenizer(segment, add_special_tokens=False, verbose=False).input_ids
+    return ids
+
+
 def iter_chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> Iterator[str]:
     """Consecutive windows of ``chunk_tokens`` tokens of ``text`` (the last may be shorter), in bounded
     memory: the text is tokenised a segment at a time and only one window of ids is held.

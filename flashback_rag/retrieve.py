@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .corpus import Document, read_documents
+from .corpus import Document, encode_long, read_documents
 from .errors import ConfigError, FlashBackError
 from .retrievers.base import retrieve_batch
 from .retrieval_records import RecordDocument, RetrievalPoint, retrieval_positions, write_records
@@ -34,7 +34,7 @@ from .retrieval_records import RecordDocument, RetrievalPoint, retrieval_positio
 def _tokens(text: str, tokenizer: Any) -> list[Any]:
     if tokenizer is None:
         return text.split()
-    return tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+    return encode_long(tokenizer, text)       # a huge single-line document in bounded memory
 
 
 def _decode(tokens: list[Any], tokenizer: Any) -> str:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from flashback_rag import FlashBack, FlashBackConfig, load_model
-from flashback_rag.corpus import SEGMENT_CHARS, chunk_text
+from flashback_rag.corpus import SEGMENT_CHARS, chunk_text, encode_long
 from flashback_rag.errors import ConfigError, IndexFormatError, ModelNotFoundError, RetrievalError
 from flashback_rag.models import byte_level_tokenizer, marker_ids
 from flashback_rag.retrievers import Passage
@@ -148,6 +148,13 @@ def test_a_hanging_retriever_times_out_and_generation_goes_on(tiny):
         hanging.release.set()
 
 
+@pytest.mark.parametrize("field, bad", [("markers", "yes"), ("strict", 1), ("passage_template", 5),
+                                        ("mark_left", None), ("pattern", ["append"])])
+def test_config_fields_from_json_are_type_checked(field, bad):
+    with pytest.raises(ConfigError, match=field if field != "pattern" else "unknown pattern"):
+        FlashBackConfig.from_dict({field: bad})
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5", True])
 def test_retrieval_timeout_is_validated(bad):
     with pytest.raises(ConfigError, match="retrieval_timeout"):
@@ -173,6 +180,8 @@ def test_a_long_single_line_document_is_tokenised_a_segment_at_a_time():
     assert max(seen) <= SEGMENT_CHARS and len(seen) > 5
     ids = tok(text, add_special_tokens=False).input_ids              # byte-level: segmenting is exact
     assert chunks == [tok.decode(ids[i:i + 128]) for i in range(0, len(ids), 128)]
+    seen.clear()
+    assert encode_long(Recording(), text) == ids and max(seen) <= SEGMENT_CHARS   # retrieval records
 
 
 # ----------------------------------------------------------------------------- generation options
