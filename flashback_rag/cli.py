@@ -90,7 +90,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
     fb = FlashBack(model, tokenizer, retriever, config)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                   top_k=args.sample_top_k, seed=args.seed, stop=args.stop or None)
+                   top_k=args.sample_top_k, seed=args.seed, stop=args.stop or None,
+                   repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
     if args.stream and not args.json:
         stream = fb.stream(prompt, **options)
         for delta in stream:
@@ -157,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--sample-top-k", type=int, default=0, help="sample among the k most likely tokens")
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0,
+                     help="> 1 discourages tokens already in the text (Hugging Face generate's meaning)")
+    gen.add_argument("--no-repeat-ngram-size", type=int, default=0, help="never repeat an n-gram of this size")
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
     gen.add_argument("--json", action="store_true", help="print the whole result as JSON")

@@ -266,6 +266,10 @@ ROWS: list[Row] = [
     ("prompt argument not utf-8", lambda t: GEN + ["--pattern", "none", "caf\udce9"], "the prompt is not UTF-8 text", ()),
     ("search query not utf-8", lambda t: ["index", "search", str(index(t)), "caf\udce9"], "the query is not UTF-8", ()),
     ("--stop not utf-8", lambda t: GEN + ["--pattern", "none", "--stop", "\udcff", "hi"], "--stop is not UTF-8", ()),
+    ("--repetition-penalty 0", lambda t: GEN + ["--pattern", "none", "--repetition-penalty", "0", "hi"],
+     "--repetition-penalty must be a finite number > 0", ()),
+    ("--no-repeat-ngram-size -1", lambda t: GEN + ["--pattern", "none", "--no-repeat-ngram-size", "-1", "hi"],
+     "--no-repeat-ngram-size", ()),
     # --- outputs that would lose or half-write something
     ("retrieve --out is a folder", lambda t: ["retrieve", "--index", str(index(t)), "--input", "cats purr a lot",
                                               "--out", str(t), "--tokenizer", "words"], "is a folder", ()),
