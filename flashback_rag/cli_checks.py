@@ -182,6 +182,17 @@ def _check_inputs(args: argparse.Namespace, command: str) -> None:
         check_input_file(args.forbidden_titles, "--forbidden-titles")
     if command == "eval ppl" and getattr(args, "text", None):
         check_input_file(args.text, "--text")
+    if getattr(args, "index", None):          # every command reads the manifest before anything heavy
+        from .retrievers.index_folder import read_manifest
+
+        read_manifest(args.index)
+    if getattr(args, "deepspeed", None):
+        import json
+
+        try:
+            json.loads(read_text(check_input_file(args.deepspeed, "--deepspeed"), "--deepspeed"))
+        except ValueError as err:
+            raise FlashBackError(f"--deepspeed {args.deepspeed} is not valid JSON: {err}") from None
     if getattr(args, "adapter", None):
         from .adapters import check_adapter_folder
 

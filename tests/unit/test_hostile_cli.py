@@ -270,6 +270,10 @@ ROWS: list[Row] = [
      "--repetition-penalty must be a finite number > 0", ()),
     ("--no-repeat-ngram-size -1", lambda t: GEN + ["--pattern", "none", "--no-repeat-ngram-size", "-1", "hi"],
      "--no-repeat-ngram-size", ()),
+    ("eval ppl --index missing", lambda t: PPL + ["--text", str(write(t, "t.txt", CORPUS)), "--index", str(t / "nope")],
+     "no index folder", ()),
+    ("train --deepspeed not JSON", lambda t: TRAIN + ["--data", str(prepared(t)), "--out", str(t / "a"), "--deepspeed",
+                                                      str(write(t, "ds.json", "{zero: 2"))], "is not valid JSON", ("a",)),
     # --- outputs that would lose or half-write something
     ("retrieve --out is a folder", lambda t: ["retrieve", "--index", str(index(t)), "--input", "cats purr a lot",
                                               "--out", str(t), "--tokenizer", "words"], "is a folder", ()),
