@@ -128,6 +128,18 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_index(tmp_path):
     err = done.stderr.strip()
     assert err.startswith("flashback: error: file too large") and len(err.splitlines()) == 1
     assert (out / "chunks.jsonl").read_bytes() == before and _hidden(tmp_path) == []
+    # flashback retrieve: the records file is not left half written either.
+    records = tmp_path / "records.jsonl"
+    done = _python(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+        from flashback_rag.cli import main
+        sys.exit(main(["retrieve", "--index", {str(out)!r}, "--input", {str(big)!r}, "--out", {str(records)!r},
+                       "--tokenizer", "words", "--stride", "4", "--quiet"]))
+    """)
+    assert done.returncode == 2 and done.stderr.strip().startswith("flashback: error: file too large"), done.stderr
+    assert not records.exists() and _hidden(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- training outputs
