@@ -7,7 +7,10 @@
     $ flashback generate --model smollm2-135m --index my-index --pattern append "The with statement"
     $ flashback demo --json
 
-Every error a user can cause prints one line, ``flashback: error: ...``, and exits with code 2.
+Every error a user can cause prints one line, ``flashback: error: ...``, and exits with code 2. The
+option values, input files and output paths of every command are checked first, before any model
+loads (``cli_checks.check_arguments``); the hostile-input table in ``tests/unit/test_hostile_cli.py``
+holds the cases.
 Other command groups (training, retrieval records, ...) live in their own modules and are listed in
 ``COMMAND_MODULES``; each has ``add_commands(subparsers)``.
 """

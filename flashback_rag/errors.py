@@ -1,7 +1,8 @@
 """Errors a user can cause, each with one clear message.
 
 The command line catches :class:`FlashBackError` and prints ``flashback: error: <message>`` with exit
-code 2; anything else is a bug and keeps its traceback.
+code 2, and does the same for the operating-system errors a user causes (:func:`os_error_message`: a
+full disk, a read-only folder...); anything else is a bug and keeps its traceback.
 
     >>> from flashback_rag.errors import ConfigError
     >>> try:
