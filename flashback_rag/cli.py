@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from .config import PATTERNS, FlashBackConfig
 from .errors import FlashBackError, os_error_message
+from .io_utils import read_stdin
 
 # Modules that add sub-commands: each defines add_commands(subparsers) -> None.
 COMMAND_MODULES: list[str] = [
@@ -70,15 +71,6 @@ def config_from_args(args: argparse.Namespace) -> FlashBackConfig:
                            retrieval_timeout=getattr(args, "retrieval_timeout", None))
 
 
-def read_stdin(what: str) -> str:
-    """All of stdin as UTF-8 text (whatever the locale says), with one error for other bytes."""
-    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise FlashBackError(f"{what} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
-
-
 # ----------------------------------------------------------------------------- generate
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .decoding import FlashBack
@@ -86,7 +78,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .retrievers import load_index
 
     config = config_from_args(args)          # validate flags before loading anything heavy
-    prompt = read_stdin("the prompt on stdin") if args.prompt == "-" else args.prompt
+    prompt = read_stdin("the prompt on stdin") if args.prompt == "-" else args.prompt   # strict UTF-8
     if config.retrieves and not args.index:
         raise FlashBackError(f"--pattern {config.pattern} needs --index DIR (or use --pattern none)")
     retriever = load_index(args.index, embedder=args.embedder) if args.index else None

@@ -99,7 +99,8 @@ RULES: dict[str, Rule] = {
     "grad_accum": positive_int, "epochs": positive_number, "max_steps": steps_or_minus_one,
     "warmup_ratio": fraction, "eval_steps": non_negative_int, "save_steps": non_negative_int,
     "logging_steps": positive_int, "max_train_examples": positive_int, "max_eval_examples": positive_int,
-    "max_tokens": positive_int,
+    "max_tokens": positive_int, "marker_lr": positive_number, "echo_tokens": non_negative_int,
+    "min_prefix": positive_int,
 }
 
 # The few options whose flag is not simply --dest-with-dashes.
@@ -200,12 +201,15 @@ def _check_inputs(args: argparse.Namespace, command: str) -> None:
     if command in ("train", "eval ppl") and getattr(args, "data", None):
         from .training.validation import check_prepared_folder, model_vocab_size
 
-        if command == "train":     # train also evaluates on validation/ when prepare wrote one
-            splits = ["train"] + (["validation"] if (Path(args.data) / "validation").is_dir() else [])
-            limit = None
-        else:
-            splits, limit = [args.split], args.max_examples
-        check_prepared_folder(args.data, splits, what="--data", vocab=model_vocab_size(args.model), limit=limit)
+        vocab = model_vocab_size(args.model)
+        folders = args.data if isinstance(args.data, list) else [args.data]     # train may mix several
+        for number, folder in enumerate(folders):
+            if command == "train":     # train also evaluates on validation/ when prepare wrote one
+                has_validation = number == 0 and (Path(folder) / "validation").is_dir()
+                splits, limit = ["train"] + (["validation"] if has_validation else []), None
+            else:
+                splits, limit = [args.split], args.max_examples
+            check_prepared_folder(folder, splits, what="--data", vocab=vocab, limit=limit)
     if command == "train" and getattr(args, "lora_targets", None) and getattr(args, "tune", "lora") == "lora":
         from .training.validation import check_lora_targets
 

@@ -73,6 +73,17 @@ def iter_text_lines(path: str | Path, what: str = "") -> Iterator[tuple[int, str
             yield number, (line[1:] if number == 1 and line.startswith(_BOM) else line)
 
 
+def read_stdin(what: str = "stdin") -> str:
+    """All of stdin as UTF-8 text (whatever the locale says), with one error for other bytes."""
+    import sys
+
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise FlashBackError(f"{what} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+
+
 # ----------------------------------------------------------------------------- output checks
 def _existing_ancestor(path: Path) -> Path:
     for parent in path.parents:

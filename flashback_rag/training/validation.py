@@ -59,6 +59,48 @@ def check_example(example: Any, vocab: int | None) -> str | None:
     return None
 
 
+def check_window(record: Any, vocab: int | None) -> str | None:
+    """What is wrong with one packed-training window record (``SPLIT/windows/*.jsonl``), if anything."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [key for key in ("tokens", "points", "passages") if key not in record]
+    if missing:
+        return f"missing key(s) {', '.join(missing)}"
+    if not _token_list(record["tokens"]) or not _token_list(record["points"]):
+        return "'tokens' and 'points' must be lists of integers"
+    passages = record["passages"]
+    if not isinstance(passages, list) or len(passages) != len(record["points"]) or not all(
+            isinstance(block, list) and all(_token_list(p) for p in block) for block in passages):
+        return "'passages' must hold, for each point, a list of lists of token ids"
+    if any(not 0 < at <= len(record["tokens"]) for at in record["points"]):
+        return "a point lies outside the window's tokens"
+    ids = record["tokens"] + [t for block in passages for p in block for t in p]
+    bad = next((t for t in ids if t < 0 or (vocab is not None and t >= vocab)), None)
+    if bad is not None:
+        return (f"token id {bad} is past the vocabulary ({vocab} ids); the data was prepared for another "
+                "model: run `flashback prepare` again")
+    return None
+
+
+def _check_lines(files: list[Path], check, vocab: int | None, what: str, limit: int | None) -> int:
+    count = 0
+    for file in files:
+        for number, line in iter_text_lines(file, what):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise FlashBackError(f"{file} line {number} is not valid JSON: {err}") from None
+            problem = check(record, vocab)
+            if problem:
+                raise FlashBackError(f"{file} line {number}: {problem}")
+            count += 1
+            if limit is not None and count >= limit:
+                return count
+    return count
+
+
 def _split_files(folder: Path, split: str, what: str) -> list[Path]:
     path = folder / split
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else ([path] if path.is_file() else [])
@@ -99,24 +141,13 @@ def check_prepared_folder(folder: str | Path, splits: Iterable[str], what: str =
     vocab = min(sizes) if sizes else None
     counts = {}
     for split in splits:
-        count = 0
-        for file in _split_files(folder, split, what):
-            for number, line in iter_text_lines(file, what):
-                if not line.strip():
-                    continue
-                try:
-                    example = json.loads(line)
-                except ValueError as err:
-                    raise FlashBackError(f"{file} line {number} is not valid JSON: {err}") from None
-                problem = check_example(example, vocab)
-                if problem:
-                    raise FlashBackError(f"{file} line {number}: {problem}")
-                count += 1
-                if limit is not None and count >= limit:
-                    break
+        count = _check_lines(_split_files(folder, split, what), check_example, vocab, what, limit)
         if count == 0:
             raise FlashBackError(f"{what} {folder}: the {split!r} split holds no examples; run `flashback prepare`")
         counts[split] = count
+        windows = sorted((folder / split / "windows").glob("*.jsonl"))   # packed training reads these
+        if windows:
+            counts[f"{split}_windows"] = _check_lines(windows, check_window, vocab, what, limit)
     return counts
 
 

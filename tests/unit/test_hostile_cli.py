@@ -274,6 +274,8 @@ ROWS: list[Row] = [
      "no index folder", ()),
     ("train --deepspeed not JSON", lambda t: TRAIN + ["--data", str(prepared(t)), "--out", str(t / "a"), "--deepspeed",
                                                       str(write(t, "ds.json", "{zero: 2"))], "is not valid JSON", ("a",)),
+    ("packed window with a point outside it", lambda t: TRAIN + ["--data", str(_bad_window(t)), "--out", str(t / "a")],
+     "windows/00000.jsonl line 1: a point lies outside", ("a",)),
     # --- outputs that would lose or half-write something
     ("retrieve --out is a folder", lambda t: ["retrieve", "--index", str(index(t)), "--input", "cats purr a lot",
                                               "--out", str(t), "--tokenizer", "words"], "is a folder", ()),
@@ -307,6 +309,14 @@ def _bad_validation(tmp: Path) -> Path:
     data = prepared(tmp)
     (data / "validation").mkdir()
     (data / "validation" / "00000.jsonl").write_text('{"passages": [], "src": [1]}\n')
+    return data
+
+
+def _bad_window(tmp: Path) -> Path:
+    data = prepared(tmp)
+    (data / "train" / "windows").mkdir()
+    (data / "train" / "windows" / "00000.jsonl").write_text(
+        json.dumps({"start": 0, "tokens": [65, 66], "points": [5], "passages": [[[70]]], "stride": 2}) + "\n")
     return data
 
 
