@@ -9,7 +9,7 @@ import pytest
 
 from flashback_rag.errors import ConfigError
 from flashback_rag.retrievers import BM25Retriever
-from llama_index.llms.flashback import FlashBackLLM, as_flashback_query_engine
+from llama_index.llms.flashback import FlashBackLLM, as_flashback_query_engine, check_query_engine
 
 TEXTS = ["Paris is the capital of France.", "Rome is the capital of Italy.", "Cats purr when content."]
 
@@ -83,8 +83,16 @@ def test_generation_options_pass_through(tiny_engine):
                                            temperature=1.0, top_k=5, seed=3).token_ids
 
 
-def test_refine_on_a_512_position_model_fails_up_front_with_the_reason(bm25):
+def test_refine_on_a_512_position_model_fails_up_front_with_the_reason(bm25, caplog):
     from llama_index.core import Document, SummaryIndex
+
+    from llama_index.llms.flashback import base
+
+    base._WARNED_WINDOWS.clear()
+    with caplog.at_level(logging.WARNING, logger="llama_index.llms.flashback.base"):
+        FlashBackLLM("tiny-random-llama", retriever=bm25, max_new_tokens=40)
+        FlashBackLLM("tiny-random-llama", retriever=bm25, max_new_tokens=40)     # once per window size
+    assert len([r for r in caplog.records if "padding" in r.getMessage()]) == 1
 
     index = SummaryIndex.from_documents([Document(text="Owls hunt at night.")])
     llm = FlashBackLLM("tiny-random-llama", retriever=bm25)      # defaults: 256 new tokens, 128-token passages
@@ -94,5 +102,7 @@ def test_refine_on_a_512_position_model_fails_up_front_with_the_reason(bm25):
     small = FlashBackLLM("tiny-random-llama", retriever=bm25, max_new_tokens=16, doc_tokens=32)
     with pytest.raises(ConfigError, match="padding of 500"):       # refine's own answer padding: never fits
         as_flashback_query_engine(index, small, response_mode="refine")
+    with pytest.raises(ConfigError, match="padding of 500"):       # the plain default (compact) engine too
+        check_query_engine(index.as_query_engine(llm=small), small)
     engine = as_flashback_query_engine(index, small, response_mode="simple_summarize")
     assert engine.query("When do owls hunt?").response is not None

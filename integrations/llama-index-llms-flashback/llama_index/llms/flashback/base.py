@@ -66,6 +66,9 @@ from .retrievers import as_flashback_retriever
 
 log = logging.getLogger(__name__)
 
+REFINE_PADDING = 500                       # llama_index refine.DEFAULT_RESPONSE_PADDING_SIZE
+_WARNED_WINDOWS: set[tuple[int, int]] = set()
+
 # Per-call keyword arguments that reach FlashBack.generate (sample_top_k is its top_k: the name
 # top_k belongs to FlashBackConfig, passages per retrieval).
 CALL_KEYS = CALL_OPTIONS
@@ -147,6 +150,24 @@ class FlashBackLLM(CustomLLM):
                          retriever=retriever, config=engine.config, max_new_tokens=max_new_tokens,
                          device=device, dtype=dtype, **rest)
         self._engine = engine
+        self._warn_small_window()
+
+    def _warn_small_window(self) -> None:
+        """Say up front, once per window size, that LlamaIndex's default response modes cannot fit.
+
+        compact (the query engine default) and refine keep 500 tokens of padding for the answer on top of
+        num_output, so on a small model (512 positions) every query fails with "Chunk size -450 is not
+        positive" before the LLM is called.
+        """
+        meta = self.metadata
+        room = meta.context_window - meta.num_output
+        if room < REFINE_PADDING + 100 and (meta.context_window, meta.num_output) not in _WARNED_WINDOWS:
+            _WARNED_WINDOWS.add((meta.context_window, meta.num_output))
+            log.warning("LlamaIndex's compact and refine response modes (the query engine default) keep %d "
+                        "tokens of padding for the answer, more than this model leaves: context_window %d "
+                        "(%s positions minus FlashBack's passage block) - num_output %d = %d; use "
+                        "as_flashback_query_engine(index, llm) or response_mode='simple_summarize'",
+                        REFINE_PADDING, meta.context_window, self._engine.max_context, meta.num_output, room)
 
     @classmethod
     def class_name(cls) -> str:
