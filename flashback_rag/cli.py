@@ -7,7 +7,10 @@
     $ flashback generate --model smollm2-135m --index my-index --pattern append "The with statement"
     $ flashback demo --json
 
-Every error a user can cause prints one line, ``flashback: error: ...``, and exits with code 2.
+Every error a user can cause prints one line, ``flashback: error: ...``, and exits with code 2. The
+option values, input files and output paths of every command are checked first, before any model
+loads (``cli_checks.check_arguments``); the hostile-input table in ``tests/unit/test_hostile_cli.py``
+holds the cases.
 Other command groups (training, retrieval records, ...) live in their own modules and are listed in
 ``COMMAND_MODULES``; each has ``add_commands(subparsers)``.
 """
@@ -22,7 +25,8 @@ import sys
 from collections.abc import Sequence
 
 from .config import PATTERNS, FlashBackConfig
-from .errors import FlashBackError
+from .errors import FlashBackError, os_error_message
+from .io_utils import read_stdin
 
 # Modules that add sub-commands: each defines add_commands(subparsers) -> None.
 COMMAND_MODULES: list[str] = [
@@ -57,13 +61,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
                    help="append: repeat the last N prefix tokens after the passage block (default 0)")
     g.add_argument("--max-context", type=int, default=None, help="cap the context window (tokens)")
     g.add_argument("--strict", action="store_true", help="stop when the retriever fails (default: skip)")
+    g.add_argument("--retrieval-timeout", type=float, default=None,
+                   help="seconds a retrieval may take before it counts as failed (default: no limit)")
     g.add_argument("--adapter", default=None, help="adapter folder from `flashback train` (LoRA + markers)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
 
 
 ENGINE_FIELDS = ("pattern", "markers", "stride", "query_tokens", "doc_tokens", "top_k", "echo_tokens",
-                 "max_context")
+                 "max_context", "retrieval_timeout")
 
 
 def config_from_args(args: argparse.Namespace, base: FlashBackConfig | None = None) -> FlashBackConfig:
@@ -81,15 +87,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .retrievers import load_index
 
     config = config_from_args(args)          # validate flags before loading anything heavy
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin("the prompt on stdin") if args.prompt == "-" else args.prompt   # strict UTF-8
     if config.retrieves and not args.index:
         raise FlashBackError(f"--pattern {config.pattern} needs --index DIR (or use --pattern none)")
-    retriever = load_index(args.index) if args.index else None
+    retriever = load_index(args.index, embedder=args.embedder) if args.index else None
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
     config = config_from_args(args, getattr(model, "flashback_config", None))
     fb = FlashBack(model, tokenizer, retriever, config)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                   top_k=args.sample_top_k, seed=args.seed, stop=args.stop or None)
+                   top_k=args.sample_top_k, seed=args.seed, stop=args.stop or None,
+                   repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
     if args.stream and not args.json:
         stream = fb.stream(prompt, **options)
         for delta in stream:
@@ -126,7 +133,7 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
 def _cmd_index_search(args: argparse.Namespace) -> int:
     from .retrievers import load_index
 
-    retriever = load_index(args.index, forbidden_titles=args.forbidden_titles)
+    retriever = load_index(args.index, forbidden_titles=args.forbidden_titles, embedder=args.embedder)
     passages = retriever.retrieve(args.query, args.k)
     if args.json:
         print(json.dumps([p.to_dict() for p in passages], indent=2, ensure_ascii=False))
@@ -148,12 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate text with periodic re-retrieval")
     gen.add_argument("prompt", help="the prompt text, or - to read it from stdin")
     gen.add_argument("--index", help="index folder to retrieve from")
+    gen.add_argument("--embedder", help="dense index: the embedding model to query with (default: the "
+                     "packaged one or a folder inside the index)")
     add_engine_arguments(gen)
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--sample-top-k", type=int, default=0, help="sample among the k most likely tokens")
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0,
+                     help="> 1 discourages tokens already in the text (Hugging Face generate's meaning)")
+    gen.add_argument("--no-repeat-ngram-size", type=int, default=0, help="never repeat an n-gram of this size")
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
     gen.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -181,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5)
     search.add_argument("--forbidden-titles", help="file with one title a line to exclude")
+    search.add_argument("--embedder", help="dense index: the embedding model to query with")
     search.add_argument("--json", action="store_true")
     search.set_defaults(func=_cmd_index_search)
 
@@ -199,13 +212,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("transformers", "bm25s", "sentence_transformers", "httpx", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
+        from .cli_checks import check_arguments
+
+        check_arguments(args)                 # values, inputs, outputs: before any long work
         return int(args.func(args) or 0)
     except FlashBackError as err:
-        print(f"flashback: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
+    except OSError as err:                    # a full disk, a read-only folder...: the user's to fix
+        message = os_error_message(err)
+        if message is None:
+            raise
+        return _fail(message)
     except KeyboardInterrupt:
         print("flashback: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str) -> int:
+    # One line, whatever the message holds (a library's multi-line error text included).
+    print(f"flashback: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ class FlashBackConfig:
     strict:        a retriever that raises stops generation instead of being skipped with a warning.
     passage_template: how a passage is turned into text; ``{title}`` and ``{text}`` are filled in, and an
                    empty title drops the line it sits on.
+    retrieval_timeout: seconds one retrieval may take (None: no limit). A retriever that takes longer is
+                   recorded as a failed retrieval (``RetrievalError`` when ``strict``) and generation goes on.
     """
 
     pattern: str = "append"
@@ -61,6 +64,7 @@ class FlashBackConfig:
     passage_template: str = "{title}\n{text}"
     mark_left: str = MARK_L
     mark_right: str = MARK_R
+    retrieval_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
@@ -75,10 +79,22 @@ class FlashBackConfig:
             isinstance(self.max_context, bool) or not isinstance(self.max_context, int) or self.max_context <= 1
         ):
             raise ConfigError(f"max_context must be an integer > 1, got {self.max_context!r}")
+        # Configs come from JSON files users can edit (adapters' flashback.json): a wrong type must be
+        # one ConfigError here, not a TypeError deep in the engine.
+        for name in ("markers", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("passage_template", "mark_left", "mark_right"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
         if "{text}" not in self.passage_template:
             raise ConfigError("passage_template must contain {text}")
         if not self.mark_left or not self.mark_right or self.mark_left == self.mark_right:
             raise ConfigError("mark_left and mark_right must be two different non-empty strings")
+        timeout = self.retrieval_timeout
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout <= 0):
+            raise ConfigError(f"retrieval_timeout must be a positive number of seconds (or None), got {timeout!r}")
 
     @property
     def retrieves(self) -> bool:
@@ -136,7 +152,9 @@ class FlashBackConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"no FlashBack config at {path}")
-        return cls.from_json(path.read_text(encoding="utf-8"))
+        from .io_utils import read_text
+
+        return cls.from_json(read_text(path, "FlashBack config"))
 
 
 def config_fields() -> list[str]:

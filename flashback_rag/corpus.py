@@ -18,6 +18,7 @@ each keeping its document's title. Readers:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -55,20 +56,46 @@ def read_text_file(path: Path) -> Document:
 
 
 def read_jsonl_file(path: Path) -> Iterator[Document]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as err:
-                raise FlashBackError(f"{path} line {number} is not valid JSON: {err}") from None
-            if not isinstance(record, dict):
-                raise FlashBackError(f"{path} line {number}: expected an object with a 'text' field")
-            text = record.get("text", record.get("contents"))
-            if not isinstance(text, str):
-                raise FlashBackError(f"{path} line {number}: no 'text' (or 'contents') string field")
-            yield Document(title=str(record.get("title") or ""), text=text)
+    from .io_utils import iter_text_lines
+
+    # One line at a time: a large corpus file is never held whole.
+    for number, line in iter_text_lines(path, "corpus file"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise FlashBackError(f"{path} line {number} is not valid JSON: {err}") from None
+        if not isinstance(record, dict):
+            raise FlashBackError(f"{path} line {number}: expected an object with a 'text' field")
+        text = record.get("text", record.get("contents"))
+        if not isinstance(text, str):
+            raise FlashBackError(f"{path} line {number}: no 'text' (or 'contents') string field")
+        yield Document(title=str(record.get("title") or ""), text=text)
+
+
+def _is_index_folder(folder: Path) -> bool:
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return '"flashback-index"' in manifest.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+
+
+def corpus_files(root: Path) -> list[Path]:
+    """The text and JSONL files below ``root``, sorted; index folders and hidden entries are skipped.
+
+    An index built inside its own input folder (or one being built there: a hidden temporary
+    folder) must not be read back as corpus on the next build, and ``.git`` and the like are not text.
+    """
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _is_index_folder(Path(folder) / d)]
+        found += [Path(folder) / n for n in names
+                  if not n.startswith(".") and Path(n).suffix.lower() in TEXT_SUFFIXES | JSONL_SUFFIXES]
+    return sorted(found)
 
 
 def read_documents(source: str | Path) -> Iterator[Document]:
@@ -90,7 +117,7 @@ def read_documents(source: str | Path) -> Iterator[Document]:
         yield from read_hf_documents(f"hf:{path}")
         return
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES | JSONL_SUFFIXES)
+        files = corpus_files(path)
         if not files:
             raise EmptyCorpusError(f"{path} holds no .txt, .md, .rst or .jsonl files")
     else:
@@ -103,8 +130,36 @@ def read_documents(source: str | Path) -> Iterator[Document]:
             yield read_text_file(file)
 
 
-def chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> list[str]:
-    """Split ``text`` into consecutive windows of ``chunk_tokens`` tokens (the last one may be shorter).
+# Characters tokenised at once. A fast tokenizer keeps offsets and more per token, so one call on a
+# 50 MB single-line document took 9.75 GB and 219 s; pieces of 64 K characters keep it bounded.
+SEGMENT_CHARS = 1 << 16
+
+
+def text_segments(text: str, size: int = SEGMENT_CHARS) -> Iterator[str]:
+    """Consecutive pieces of ``text`` of at most ``size`` characters, cut just before whitespace where
+    the piece has any (so a word is not split and the space stays with the word that follows it)."""
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        cut = max(text.rfind(ws, start + 1, end) for ws in (" ", "\n", "\t"))
+        cut = cut if cut > start else end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def encode_long(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` (no special tokens), tokenised a segment at a time: the tokenizer's own
+    per-token bookkeeping stays bounded however long the text (only the ids are kept)."""
+    ids: list[int] = []
+    for segment in text_segments(text):
+        ids += tokenizer(segment, add_special_tokens=False, verbose=False).input_ids
+    return ids
+
+
+def iter_chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> Iterator[str]:
+    """Consecutive windows of ``chunk_tokens`` tokens of ``text`` (the last may be shorter), in bounded
+    memory: the text is tokenised a segment at a time and only one window of ids is held.
 
     ``tokenizer=None`` splits on whitespace instead (words as tokens).
     """
@@ -112,10 +167,22 @@ def chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> list[str]:
         raise FlashBackError(f"chunk_tokens must be positive, got {chunk_tokens}")
     if tokenizer is None:
         words = text.split()
-        return [" ".join(words[i:i + chunk_tokens]) for i in range(0, len(words), chunk_tokens)]
-    ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
-    return [tokenizer.decode(ids[i:i + chunk_tokens], skip_special_tokens=True)
-            for i in range(0, len(ids), chunk_tokens)]
+        for i in range(0, len(words), chunk_tokens):
+            yield " ".join(words[i:i + chunk_tokens])
+        return
+    pending: list[int] = []
+    for segment in text_segments(text):
+        pending += tokenizer(segment, add_special_tokens=False, verbose=False).input_ids
+        while len(pending) >= chunk_tokens:
+            yield tokenizer.decode(pending[:chunk_tokens], skip_special_tokens=True)
+            del pending[:chunk_tokens]
+    if pending:
+        yield tokenizer.decode(pending, skip_special_tokens=True)
+
+
+def chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> list[str]:
+    """All of :func:`iter_chunk_text` as a list."""
+    return list(iter_chunk_text(text, tokenizer, chunk_tokens))
 
 
 def chunk_documents(documents: Iterable[Document], tokenizer: Any, chunk_tokens: int = 128
@@ -123,7 +190,7 @@ def chunk_documents(documents: Iterable[Document], tokenizer: Any, chunk_tokens:
     """Chunk records ``{"id", "title", "contents"}`` with ids "0", "1", ... in corpus order."""
     count = 0
     for doc in documents:
-        for piece in chunk_text(doc.text, tokenizer, chunk_tokens):
+        for piece in iter_chunk_text(doc.text, tokenizer, chunk_tokens):
             if piece.strip():
                 yield {"id": str(count), "title": doc.title, "contents": piece}
                 count += 1

@@ -25,7 +25,10 @@ The loop, for every generated token (read :meth:`FlashBack._decode` top to botto
 
 from __future__ import annotations
 
+import contextvars
+import itertools
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -42,7 +45,7 @@ from .models import add_marker_tokens, marker_ids, max_positions
 from .patterns import build_block, encode_passage, logical_context
 from .results import GenerationResult, RetrievalRecord, SlideRecord
 from .retrievers.base import Passage, Retriever
-from .sampling import Sampler, TextAssembler
+from .sampling import RepetitionControls, Sampler, TextAssembler
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ class FlashBack:
         if config is None:
             config = getattr(model, "flashback_config", None)
         if config is None and adapter is None and (Path(str(model_name_or_path)) / "flashback.json").is_file():
-            from .training.adapters import adapter_config     # a merged or fully tuned model folder
+            from .adapters import adapter_config     # a merged or fully tuned model folder
 
             config = adapter_config(model_name_or_path)
         if config_fields:
@@ -144,15 +147,19 @@ class FlashBack:
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                  stop: Sequence[str] | str | None = None, ignore_eos: bool = False,
-                 use_cache: bool = True, output_scores: bool = False) -> GenerationResult:
+                 use_cache: bool = True, output_scores: bool = False, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0) -> GenerationResult:
         """Generate a continuation of ``prompt`` (text, or token ids). Greedy unless temperature > 0.
 
         ``use_cache=False`` is the reference mode: it recomputes the whole logical context at every
         token and must give the same tokens as the cached loop. ``output_scores=True`` keeps each step's
-        next-token logits (float32, on the CPU) in ``result.scores``.
+        next-token logits (float32, on the CPU) in ``result.scores``. ``repetition_penalty`` and
+        ``no_repeat_ngram_size`` mean what they mean in Hugging Face ``generate`` (over the running text,
+        not the passages).
         """
         events = self._decode(prompt, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                              ignore_eos, use_cache, want_text=bool(stop), output_scores=output_scores)
+                              ignore_eos, use_cache, want_text=bool(stop), output_scores=output_scores,
+                              controls=RepetitionControls(repetition_penalty, no_repeat_ngram_size))
         while True:
             try:
                 next(events)
@@ -162,28 +169,61 @@ class FlashBack:
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                stop: Sequence[str] | str | None = None, ignore_eos: bool = False,
-               use_cache: bool = True) -> TextStream:
+               use_cache: bool = True, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0
+               ) -> TextStream:
         """Like :meth:`generate`, but iterate over the text as it is produced."""
+        controls = RepetitionControls(repetition_penalty, no_repeat_ngram_size)   # bad values fail now
         return TextStream(self._decode(prompt, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                       ignore_eos, use_cache, want_text=True))
+                                       ignore_eos, use_cache, want_text=True, controls=controls))
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> tuple[list[int], int]:
-        """Prompt token ids and the number of leading special tokens (a BOS) that anchor the context."""
+        """Prompt token ids and the number of leading special tokens (a BOS) that anchor the context.
+
+        Only the engine places markers: a prompt that contains the marker strings (a chat user, a
+        document fed to a chain) gets them as ordinary text tokens, never as the marker ids, so nobody
+        who writes into a prompt can forge a passage block. Other special tokens in the text (a chat
+        template's turn markers) keep their meaning.
+        """
         bos = self.tokenizer.bos_token_id
         if not isinstance(prompt, str):
             ids = [int(t) for t in prompt]
+            forged = sorted(set(ids) & set(self._banned_ids))
+            if forged:
+                raise ConfigError(f"the prompt's token ids contain marker id(s) {forged}; only the engine "
+                                  "places markers")
             return ids, int(bool(ids) and bos is not None and ids[0] == bos)
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:   # lone surrogates (undecodable bytes from a terminal or file)
+            raise ConfigError(f"the prompt is not valid Unicode text at character {err.start}") from None
         with _ENCODE_LOCK:
             with_special = self.tokenizer(prompt).input_ids
             plain = self.tokenizer(prompt, add_special_tokens=False).input_ids
+            safe = self._without_markers(prompt, plain)
         lead = len(with_special) - len(plain)
         if lead > 0 and with_special[lead:] == plain:
-            return list(with_special), lead
-        return list(plain), 0
+            return list(with_special[:lead]) + safe, lead
+        return safe, 0
+
+    def _without_markers(self, text: str, ids: list[int]) -> list[int]:
+        """``ids`` (text encoded as usual) with every marker string encoded as plain text instead."""
+        marks = (self.config.mark_left, self.config.mark_right)
+        if not self._banned_ids or not set(ids) & set(self._banned_ids):
+            return list(ids)
+        out: list[int] = []
+        for piece in re.split("(" + "|".join(map(re.escape, marks)) + ")", text):
+            if not piece:
+                continue
+            if piece in marks:
+                out += encode_passage(self.tokenizer, Passage(id="", text=piece), len(piece) + 8, "{text}")
+            else:
+                out += self.tokenizer(piece, add_special_tokens=False).input_ids
+        return out
 
     # ------------------------------------------------------------------------ the loop
     def _decode(self, prompt, max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos,
-                use_cache, want_text, output_scores=False) -> Iterator[str]:
+                use_cache, want_text, output_scores=False, controls: RepetitionControls | None = None
+                ) -> Iterator[str]:
         cfg = self.config
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
@@ -232,7 +272,10 @@ class FlashBack:
                     logits = source.resync(context)
                 else:
                     logits = source.extend(tokens[-1])
-                # 4. the next token: never a marker, never an id past the tokenizer's vocabulary
+                # 4. the next token: repetition controls over the running text, then never a marker,
+                #    never an id past the tokenizer's vocabulary
+                if controls is not None and controls.active:
+                    logits = controls(logits, tokens)
                 if self._banned_ids:
                     logits[self._banned_ids] = float("-inf")
                 if logits.shape[-1] > self._vocab_size:
@@ -288,8 +331,7 @@ class FlashBack:
         error = None
         if query.strip():
             try:
-                found = self.retriever.retrieve(query, cfg.top_k)
-                passages = [as_passage(p, i) for i, p in enumerate(list(found)[:cfg.top_k])]
+                passages = self._call_retriever(query)
             except Exception as err:   # a failing retriever must not kill a long generation
                 if cfg.strict:
                     raise RetrievalError(f"retriever failed at step {step}: {err}") from err
@@ -305,6 +347,40 @@ class FlashBack:
         result.stats.retrievals += 1
         result.stats.retrieval_seconds += seconds
         return block
+
+    def _call_retriever(self, query: str) -> list[Passage]:
+        """At most ``top_k`` passages, within ``retrieval_timeout`` seconds when one is set.
+
+        Results are taken lazily (a retriever may return a generator that never ends). A retriever that
+        does not answer in time is left running in a daemon thread: Python cannot stop it, but the
+        generation goes on without it.
+        """
+        k, timeout = self.config.top_k, self.config.retrieval_timeout
+
+        def run() -> list[Passage]:
+            found = self.retriever.retrieve(query, k)
+            return [as_passage(p, i) for i, p in enumerate(itertools.islice(found, k))]
+
+        if timeout is None:
+            return run()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["passages"] = run()
+            except BaseException as err:      # handed to the generating thread
+                box["error"] = err
+
+        # The caller's context goes along (framework callbacks and hand-overs live in context variables).
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
+                                  name="flashback-retrieve")
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            raise TimeoutError(f"the retriever did not answer within {timeout:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["passages"]
 
     def _passage_tokens(self, passage: Passage) -> list[int]:
         """Passage token ids, memoised: the same passage often comes back stride after stride."""

@@ -1,7 +1,8 @@
 """Errors a user can cause, each with one clear message.
 
 The command line catches :class:`FlashBackError` and prints ``flashback: error: <message>`` with exit
-code 2; anything else is a bug and keeps its traceback.
+code 2, and does the same for the operating-system errors a user causes (:func:`os_error_message`: a
+full disk, a read-only folder...); anything else is a bug and keeps its traceback.
 
     >>> from flashback_rag.errors import ConfigError
     >>> try:
@@ -44,3 +45,40 @@ class AdapterMismatchError(FlashBackError):
 
 class MissingDependencyError(FlashBackError, ImportError):
     """An optional back-end whose package is not installed; the message says what to install."""
+
+
+# Operating-system errors a user causes (a full disk, a read-only folder, a folder where a file goes),
+# told in one line by the command line; any other OSError is a bug and keeps its traceback.
+_OS_REASONS = {
+    "ENOSPC": "no space left on device",
+    "EDQUOT": "disk quota exceeded",
+    "EFBIG": "file too large (file system or ulimit -f)",
+    "EACCES": "permission denied",
+    "EPERM": "operation not permitted",
+    "EROFS": "read-only file system",
+    "EISDIR": "is a folder, not a file",
+    "ENOTDIR": "not a folder",
+    "ENOENT": "no such file or folder",
+    "ENAMETOOLONG": "file name too long",
+    "EMFILE": "too many open files",
+}
+
+
+def os_error_message(err: OSError) -> str | None:
+    """One line for an OSError a user can cause (``None`` for the others).
+
+    >>> import errno
+    >>> os_error_message(OSError(errno.ENOSPC, "No space left on device", "/data/index/chunks.jsonl"))
+    'no space left on device while writing /data/index/chunks.jsonl'
+    """
+    import errno
+
+    name = errno.errorcode.get(err.errno or -1)
+    reason = _OS_REASONS.get(name or "")
+    if reason is None:
+        return None
+    files = [str(f) for f in (err.filename, err.filename2) if f is not None]
+    if not files:
+        return reason
+    verb = "while writing" if name in ("ENOSPC", "EDQUOT", "EFBIG") else "on"
+    return f"{reason} {verb} {' -> '.join(files)}"

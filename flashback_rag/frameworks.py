@@ -4,7 +4,10 @@
   ``retriever``, ``config`` or its fields as keywords);
 - :func:`with_first_block`: a per-call view of an engine whose first passage block is given (the
   nodes a query engine already retrieved) and whose later blocks come from its own retriever;
-- :func:`aiter_in_thread`: async streaming that keeps a whole generation in one thread.
+- :func:`aiter_in_thread`: async streaming that keeps a whole generation in one thread;
+- :func:`call_settings`: per-call options (Hugging Face names accepted, unknown names refused);
+- :func:`refuse_foreign_retriever`: the other framework's retriever, refused with the right adapter;
+- :func:`report_slides`: one warning per call when the context window slid.
 
     >>> from flashback_rag.frameworks import build_engine, with_first_block
     >>> from flashback_rag.retrievers import BM25Retriever, Passage
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import difflib
 import logging
 import os
 import threading
@@ -146,15 +150,112 @@ def with_first_block(engine: FlashBack, passages: Sequence[Passage]) -> FlashBac
 
 
 def result_summary(result: GenerationResult) -> dict[str, Any]:
-    """JSON-friendly facts about a generation (finish reason, retrievals, time) for framework metadata."""
+    """JSON-friendly facts about a generation (finish reason, retrievals, window slides, warnings,
+    time) for framework metadata."""
     return {
         "finish_reason": result.finish_reason,
         "generated_tokens": result.stats.generated_tokens,
         "retrievals": [{"step": r.step, "query": r.query, "passage_ids": r.passage_ids,
                         "titles": [p.title for p in r.passages], "error": r.error}
                        for r in result.retrievals],
+        "slides": [{"step": s.step, "window_start": s.window_start, "dropped_tokens": s.dropped_tokens}
+                   for s in result.slides],
+        "warnings": list(result.warnings),
         "seconds": result.stats.total_seconds,
     }
+
+
+def report_slides(result: GenerationResult, window: int | None) -> None:
+    """Warn once for this call when the context window slid (the oldest prompt tokens were dropped).
+
+    A framework user rarely reads ``result.slides``; a prompt that silently lost its beginning is the
+    kind of mistake that should be said out loud.
+    """
+    if result.slides:
+        dropped = sum(s.dropped_tokens for s in result.slides)
+        log.warning("the prompt and the generated text passed the context window (%s tokens): the oldest %d "
+                    "tokens were dropped (%d slide%s); shorten the prompt or lower max_new_tokens",
+                    window or "?", dropped, len(result.slides), "" if len(result.slides) == 1 else "s")
+
+
+# Per-call options: the engine's names, and the Hugging Face generate names users bring from
+# HuggingFaceLLM / HuggingFacePipeline (inside generate_kwargs). sample_top_k is the engine's top_k:
+# in the integrations top_k belongs to FlashBackConfig (passages per retrieval).
+CALL_OPTIONS = ("max_new_tokens", "temperature", "top_p", "sample_top_k", "seed", "stop", "ignore_eos",
+                "use_cache", "repetition_penalty", "no_repeat_ngram_size", "generate_kwargs")
+_HF_NAMES = {"max_new_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p",
+             "top_k": "top_k", "seed": "seed", "stop": "stop", "stop_strings": "stop",
+             "ignore_eos": "ignore_eos", "repetition_penalty": "repetition_penalty",
+             "no_repeat_ngram_size": "no_repeat_ngram_size", "do_sample": "do_sample"}
+
+
+def check_keywords(given: Iterable[str], allowed: Iterable[str], where: str) -> None:
+    """Refuse unknown keyword names (a misspelt ``strid=16`` must not be silently ignored)."""
+    allowed = list(allowed)
+    unknown = [k for k in given if k not in allowed]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(f"{where} got unknown keyword argument(s) {', '.join(hints)}; it takes: "
+                        f"{', '.join(sorted(allowed))}")
+
+
+def from_generate_kwargs(options: dict[str, Any] | None, where: str = "generate_kwargs") -> dict[str, Any]:
+    """Hugging Face ``generate`` options as FlashBack.generate keywords."""
+    if not options:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"{where} must be a dict, got {type(options).__name__}")
+    check_keywords(options, _HF_NAMES, where)
+    out = {_HF_NAMES[k]: v for k, v in options.items()}
+    do_sample = out.pop("do_sample", None)
+    if do_sample is False:
+        out["temperature"] = 0.0
+    elif do_sample and not out.get("temperature"):
+        out["temperature"] = 1.0            # generate's default temperature when sampling
+    return out
+
+
+def call_settings(defaults: dict[str, Any], generate_kwargs: dict[str, Any] | None, kwargs: dict[str, Any],
+                  where: str) -> dict[str, Any]:
+    """FlashBack.generate keywords for one call: the LLM's settings, then its ``generate_kwargs``, then
+    the call's ``generate_kwargs``, then the call's own keywords (each overriding the one before)."""
+    check_keywords(kwargs, CALL_OPTIONS, where)
+    settings = dict(defaults)
+    settings.update(from_generate_kwargs(generate_kwargs))
+    settings.update(from_generate_kwargs(kwargs.get("generate_kwargs"), f"{where}: generate_kwargs"))
+    for key, value in kwargs.items():
+        if key != "generate_kwargs":
+            settings["top_k" if key == "sample_top_k" else key] = value
+    return settings
+
+
+_FRAMEWORKS = {"llama_index": ("LlamaIndex", "llama_index.llms.flashback.FlashBackLLM"),
+               "langchain": ("LangChain", "langchain_flashback.FlashBackLLM")}
+
+
+def framework_of(obj: Any) -> str | None:
+    """``"llama_index"`` or ``"langchain"`` when ``obj``'s class comes from that framework (flashback's own
+    adapters, which are plain flashback retrievers, excepted)."""
+    for cls in type(obj).__mro__:
+        module = cls.__module__ or ""
+        if module.startswith(("llama_index.llms.flashback", "langchain_flashback")):
+            return None
+        for root in _FRAMEWORKS:
+            if module == root or module.startswith(root + ".") or module.startswith(root + "_"):
+                return root
+    return None
+
+
+def refuse_foreign_retriever(obj: Any, framework: str) -> None:
+    """Refuse, at construction, a retriever of the other framework (it would fail at every retrieval)."""
+    found = framework_of(obj)
+    if found is not None and found != framework:
+        name, llm = _FRAMEWORKS[found]
+        raise ConfigError(f"retriever is a {name} {type(obj).__name__}; this is the {_FRAMEWORKS[framework][0]} "
+                          f"integration: use {llm} for {name} retrievers (or wrap it in a flashback-rag retriever)")
 
 
 async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIterator[T]:
@@ -202,5 +303,6 @@ async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIter
         cancelled.set()
 
 
-__all__ = ["FirstBlockRetriever", "aiter_in_thread", "build_engine",
-           "resolve_config", "result_summary", "split_config_fields", "with_first_block"]
+__all__ = ["CALL_OPTIONS", "FirstBlockRetriever", "aiter_in_thread", "build_engine", "call_settings",
+           "check_keywords", "framework_of", "from_generate_kwargs", "refuse_foreign_retriever",
+           "report_slides", "resolve_config", "result_summary", "split_config_fields", "with_first_block"]

@@ -1,33 +1,165 @@
-"""Atomic file and folder writes: never leave half a file or half an index behind.
+"""Safe file and folder I/O: never leave half a file or half an index behind, never lose what was there.
 
     >>> import tempfile, pathlib
-    >>> from flashback_rag.io_utils import atomic_write_text
+    >>> from flashback_rag.io_utils import atomic_write_text, read_text
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
     >>> atomic_write_text(p, "hello")
-    >>> p.read_text()
+    >>> read_text(p)
     'hello'
+    >>> _ = p.write_bytes(b"caf\\xe9")                        # Latin-1, not UTF-8
+    >>> read_text(p, "--text")
+    Traceback (most recent call last):
+    ...
+    flashback_rag.errors.FlashBackError: --text .../out.txt is not UTF-8 text (byte 0xe9 at line 1); save it as UTF-8
+
+What lives here:
+- :func:`read_text` / :func:`iter_text_lines`: strict UTF-8 reads whose error names the file and line;
+- :func:`check_output_file` / :func:`check_output_folder`: checks of an output path *before* the long
+  work starts (a folder where a file goes, an existing file where a folder goes, a parent that cannot be
+  created);
+- :func:`atomic_write_text` and :func:`atomic_directory`: a temporary sibling, then a rename. Folder
+  swaps hold a lock file (two writers to one path: the second is refused with one message), and an
+  interrupted swap is repaired by the next writer or reader (:func:`recover_directory`);
+- everything created gets the permissions the user's umask gives (``tempfile`` would make it private).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from .errors import FlashBackError
+
+_BOM = "\ufeff"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+# ----------------------------------------------------------------------------- reading
+def _not_utf8(path: Path, what: str, data: bytes, start: int, line: int) -> FlashBackError:
+    label = f"{what} " if what else ""
+    return FlashBackError(f"{label}{path} is not UTF-8 text (byte 0x{data[start]:02x} at line {line}); "
+                          "save it as UTF-8")
+
+
+def read_text(path: str | Path, what: str = "") -> str:
+    """The whole file as text; bytes that are not UTF-8 give one error naming the file and line.
+
+    ``what`` names the file for the user (``"--forbidden-titles"``). A leading byte-order mark is dropped.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, what, data, err.start, data.count(b"\n", 0, err.start) + 1) from None
+    return text[1:] if text.startswith(_BOM) else text
+
+
+def iter_text_lines(path: str | Path, what: str = "") -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` pairs of a UTF-8 file, read one line at a time (bounded memory)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(path, what, raw, err.start, number) from None
+            yield number, (line[1:] if number == 1 and line.startswith(_BOM) else line)
+
+
+def read_stdin(what: str = "stdin") -> str:
+    """All of stdin as UTF-8 text (whatever the locale says), with one error for other bytes."""
+    import sys
+
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise FlashBackError(f"{what} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+
+
+# ----------------------------------------------------------------------------- output checks
+def _existing_ancestor(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def _check_parent(path: Path, what: str) -> None:
+    ancestor = _existing_ancestor(path.absolute())
+    if not ancestor.is_dir():
+        raise FlashBackError(f"{what} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise FlashBackError(f"{what} {path}: cannot write in {ancestor} (permission denied)")
+
+
+def check_output_file(path: str | Path, what: str = "output") -> Path:
+    """Refuse, before any work, an output file path that cannot be written (a folder, a file as parent)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise FlashBackError(f"{what} {path} is a folder; give the path of a file to write")
+    _check_parent(path, what)
+    return path
+
+
+def check_output_folder(path: str | Path, what: str = "output", owner_file: str | None = None) -> Path:
+    """Refuse, before any work, an output folder that would replace something the user has.
+
+    An existing *file* is never replaced by a folder. An existing folder is replaced only when it is
+    empty or holds ``owner_file`` (it was written by flashback: an index's ``manifest.json``, an
+    adapter's ``flashback.json``).
+    """
+    path = Path(path).expanduser()
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise FlashBackError(f"{what} {path} is an existing file; refusing to replace it with a folder")
+        if owner_file is not None and not (path / owner_file).exists() and any(path.iterdir()):
+            raise FlashBackError(f"{what} {path} is a folder with other files in it (no {owner_file}); "
+                                 "refusing to replace it: give a new or empty folder")
+    _check_parent(path, what)
+    return path
+
+
+# ----------------------------------------------------------------------------- permissions
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_umask_allows(path: Path, folder: bool) -> None:
+    # tempfile creates 0700 folders and 0600 files; what we publish should be as shareable as
+    # anything else the user creates (a shared index must be readable by the group if the umask says so).
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
+# ----------------------------------------------------------------------------- atomic files
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[IO[str]]:
+    """A text handle on a temporary sibling of ``path``, renamed onto ``path`` when the block ends.
+
+    If the block raises (or the disk fills up), the temporary file is removed and ``path`` keeps
+    what it held.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            yield handle
+        _as_umask_allows(Path(tmp), folder=False)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -35,32 +167,117 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    with atomic_open(path) as handle:
+        handle.write(text)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+# ----------------------------------------------------------------------------- atomic folders
+def _sibling(target: Path, tag: str) -> Path:
+    return target.parent / f".{target.name}.{tag}"
+
+
 @contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
+def _folder_lock(target: Path, wait: bool) -> Iterator[bool]:
+    """Hold ``.NAME.lock`` beside ``target``; yields False when another process holds it (wait=False).
+
+    The lock file is removed when released. A process that opened it before the removal finds, once it
+    gets the lock, that the path no longer names the file it locked, and starts again on a fresh one.
+    """
+    try:
+        import fcntl
+    except ImportError:          # no advisory locks on this platform: writers are not serialised
+        yield True
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = _sibling(target, "lock")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)             # the holder before us removed it: lock the new one
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)             # closing releases the lock
+
+
+def _repair(target: Path) -> None:
+    """Finish or undo a swap that was interrupted; drop stale temporary folders. Call under the lock."""
+    new, old = _sibling(target, "new"), _sibling(target, "old")
+    if new.is_dir():                       # a complete new folder that was not swapped in yet: finish
+        if target.exists() and not old.exists():
+            os.replace(target, old)
+        if not target.exists():
+            os.replace(new, target)
+    if old.is_dir():
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:                              # nothing newer to put in its place: roll back
+            os.replace(old, target)
+    # Under the lock no other writer is building, so any temporary folder of this target is stale.
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.building"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if new.exists():
+        shutil.rmtree(new, ignore_errors=True)
+
+
+def recover_directory(target: str | Path) -> None:
+    """Repair an interrupted swap of ``target`` now, unless another process is writing it."""
+    target = Path(target)
+    if not target.parent.is_dir() or not any(target.parent.glob(f".{glob.escape(target.name)}.*")):
+        return
+    with _folder_lock(target, wait=False) as held:
+        if held:
+            _repair(target)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, owner_file: str | None = None, wait: bool = False) -> Iterator[Path]:
     """Build a folder in a temporary sibling and swap it in only when the block finishes.
 
     If the block raises (or is interrupted), the temporary folder is removed and ``target`` keeps
-    whatever it held before: the old folder or nothing.
+    whatever it held before: the old folder or nothing. The swap is two renames through ``.NAME.new``
+    and ``.NAME.old``; a kill between them is repaired by the next writer (or reader) of ``target``.
+    ``owner_file``: see :func:`check_output_folder` (what may be replaced). ``wait``: when another
+    process is writing ``target``, wait for it instead of refusing.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".building", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
+    with _folder_lock(target, wait) as held:
+        if not held:
+            raise FlashBackError(f"another process is writing {target} right now (lock "
+                                 f"{_sibling(target, 'lock')}); try again when it has finished")
+        _repair(target)
+        check_output_folder(target, "output folder", owner_file)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".building", dir=target.parent))
+        try:
+            _as_umask_allows(tmp, folder=True)
+            yield tmp
+            new, old = _sibling(target, "new"), _sibling(target, "old")
+            os.replace(tmp, new)           # complete: from here on the next run rolls forward
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if target.exists():
+            os.replace(target, old)
+        os.replace(new, target)
         shutil.rmtree(old, ignore_errors=True)
 
 

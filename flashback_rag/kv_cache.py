@@ -54,12 +54,20 @@ def _logits_kwargs(model) -> dict:
     return {}
 
 
+def cache_keyword(model) -> str:
+    """The forward() keyword that takes the KV cache: ``cache`` since transformers 5.24 (where
+    ``past_key_values`` warns that it goes away in 5.40), ``past_key_values`` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 class _Source:
     def __init__(self, model, stats) -> None:
         self.model = model
         self.stats = stats
         self.device = next(model.parameters()).device
         self._keep_last = _logits_kwargs(model)
+        self._cache_key = cache_keyword(model)
         self._sync = self.device.type == "cuda"
 
     def _run(self, ids: Sequence[int], **kwargs) -> torch.Tensor:
@@ -113,7 +121,7 @@ class CachedLogits(_Source):
         return self._feed([token])
 
     def _feed(self, ids: Sequence[int]) -> torch.Tensor:
-        logits = self._run(ids, past_key_values=self.cache, use_cache=True)
+        logits = self._run(ids, **{self._cache_key: self.cache}, use_cache=True)
         self.held.extend(ids)
         return logits
 

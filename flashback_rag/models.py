@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from .config import MARK_L, MARK_R
-from .errors import ModelNotFoundError
+from .errors import ConfigError, ModelNotFoundError
 from .io_utils import atomic_directory, cache_root
 
 log = logging.getLogger(__name__)
@@ -63,18 +63,21 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The requested device, or CUDA when present, else CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:1, mps ...") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelNotFoundError(f"device {device!r} was asked for, but CUDA is not available here")
     return dev
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None) -> torch.dtype:
     """float32 on CPU; bfloat16 on a GPU that supports it, else float16; or what the caller names."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        if device.type == "cuda":
+        if device is not None and device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     try:
@@ -179,7 +182,8 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_directory(target) as tmp:
+    # wait=True: two processes converting the same file at once take turns instead of failing.
+    with atomic_directory(target, owner_file="config.json", wait=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target
@@ -236,7 +240,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
 
     The model is put in eval mode on ``device`` (CUDA when present) in ``dtype`` (float32 on CPU,
     bfloat16 on a recent GPU). ``adapter``: a folder written by ``flashback train`` (LoRA + marker
-    rows), restored on top, markers included (see ``training/adapters.py``).
+    rows), restored on top, markers included (see ``adapters.py``).
     """
     if str(name_or_path) in SHIPPED:
         if adapter is not None:
@@ -245,7 +249,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         return load_model(base_alias(str(name_or_path)), device=device, dtype=dtype,
                           adapter=shipped_adapter(str(name_or_path)))
     if adapter is not None:
-        from .training.adapters import apply_adapter
+        from .adapters import apply_adapter
 
         model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
         return apply_adapter(model, tokenizer, adapter), tokenizer

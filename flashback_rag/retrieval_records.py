@@ -33,16 +33,14 @@ were retrieved with the query ``tokens[j:i]`` and serve the next ``stride`` toke
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import FlashBackError
+from .io_utils import atomic_open, iter_text_lines
 from .retrievers.base import Passage
 
 FORMAT_NAME = "flashback-retrieval-records"
@@ -98,24 +96,10 @@ def retrieval_positions(num_tokens: int, stride: int, first: int | None = None) 
     return list(range(first, num_tokens, stride))
 
 
-@contextlib.contextmanager
-def _atomic_lines(path: Path) -> Iterator[Any]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_records(path: str | Path, header: dict[str, Any], documents: Iterable[RecordDocument]) -> int:
     """Stream ``documents`` to ``path`` (atomically: the file appears only when complete); return how many."""
     count = 0
-    with _atomic_lines(Path(path)) as handle:
+    with atomic_open(Path(path)) as handle:       # appears only when complete, readable per the umask
         handle.write(json.dumps({**header, "type": "header", "format": FORMAT_NAME, "version": FORMAT_VERSION},
                                 ensure_ascii=False) + "\n")
         for document in documents:
@@ -126,9 +110,9 @@ def write_records(path: str | Path, header: dict[str, Any], documents: Iterable[
     return count
 
 
-def _iter_documents(path: Path, handle: Any, first_line: int) -> Iterator[RecordDocument]:
+def _iter_documents(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[RecordDocument]:
     current: RecordDocument | None = None
-    for number, line in enumerate(handle, first_line):
+    for number, line in lines:
         if not line.strip():
             continue
         try:
@@ -158,23 +142,22 @@ def read_records(path: str | Path) -> tuple[dict[str, Any], Iterator[RecordDocum
     path = Path(path)
     if not path.is_file():
         raise FlashBackError(f"no retrieval records at {path}")
-    handle = open(path, encoding="utf-8")
+    lines = iter_text_lines(path, "retrieval records")     # strict UTF-8, one line at a time
     try:
-        header = json.loads(handle.readline() or "null")
+        header = json.loads(next(lines, (1, "null"))[1])
     except ValueError:
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-        handle.close()
+        lines.close()
         raise FlashBackError(f"{path} is not a retrieval records file (write one with `flashback retrieve`)")
-    if header.get("version", 0) > FORMAT_VERSION:
-        handle.close()
+    version = header.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        lines.close()
+        raise FlashBackError(f"{path}: the header's version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        lines.close()
         raise FlashBackError(f"{path} was written by a newer flashback-rag (version {header['version']})")
-
-    def documents() -> Iterator[RecordDocument]:
-        with handle:
-            yield from _iter_documents(path, handle, 2)
-
-    return header, documents()
+    return header, _iter_documents(path, lines)
 
 
 def load_records(path: str | Path) -> tuple[dict[str, Any], list[RecordDocument]]:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .corpus import Document, read_documents
+from .corpus import Document, encode_long, read_documents
 from .errors import ConfigError, FlashBackError
 from .retrievers.base import retrieve_batch
 from .retrieval_records import RecordDocument, RetrievalPoint, retrieval_positions, write_records
@@ -34,7 +34,7 @@ from .retrieval_records import RecordDocument, RetrievalPoint, retrieval_positio
 def _tokens(text: str, tokenizer: Any) -> list[Any]:
     if tokenizer is None:
         return text.split()
-    return tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+    return encode_long(tokenizer, text)       # a huge single-line document in bounded memory
 
 
 def _decode(tokens: list[Any], tokenizer: Any) -> str:
@@ -84,7 +84,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     from .indexing import load_tokenizer
     from .retrievers import load_index, read_manifest
 
-    retriever = load_index(args.index, forbidden_titles=args.forbidden_titles)
+    retriever = load_index(args.index, forbidden_titles=args.forbidden_titles, embedder=args.embedder)
     manifest = read_manifest(args.index)
     tokenizer = load_tokenizer(args.tokenizer)
     source = args.input
@@ -132,6 +132,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--tokenizer", default="smollm2-135m",
                    help="tokenizer that counts positions: the LM's (alias/folder/id) or 'words'")
     p.add_argument("--forbidden-titles", help="file with one title a line never to retrieve")
+    p.add_argument("--embedder", help="dense index: the embedding model to query with")
     p.add_argument("--exclude-own-title", action="store_true",
                    help="also never retrieve passages titled like the document being processed")
     p.add_argument("--batch-size", type=int, default=256, help="queries per batched search")

@@ -7,10 +7,15 @@
     >>> s = Sampler(temperature=0.8, top_k=2, seed=0)
     >>> s(torch.tensor([0.1, 2.0, -1.0])) in (0, 1)          # never the third: top_k=2
     True
+    >>> rep = RepetitionControls(no_repeat_ngram_size=2)
+    >>> logits = rep(torch.zeros(5), [1, 2, 3, 1])            # "1 2" was seen: 2 may not follow 1 again
+    >>> int(torch.argmax(logits)) != 2 and logits[2].item() == float("-inf")
+    True
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -23,12 +28,12 @@ class Sampler:
 
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  seed: int | None = None, device: torch.device | str = "cpu") -> None:
-        if temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {temperature}")
-        if not 0 < top_p <= 1:
+        if not _finite(temperature) or temperature < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
+        if not _finite(top_p) or not 0 < top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k < 0:
-            raise ConfigError(f"top_k must be >= 0, got {top_k}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ConfigError(f"top_k must be an integer >= 0, got {top_k}")
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.greedy = temperature == 0
         self.generator = None
@@ -55,6 +60,55 @@ class Sampler:
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class RepetitionControls:
+    """``repetition_penalty`` and ``no_repeat_ngram_size`` with Hugging Face ``generate``'s meaning.
+
+    Both look at the running text (prompt + generated), never at retrieved passages: copying a fact
+    from a passage is not repetition. Penalty: a token already in the text has its logit divided by
+    the penalty when positive, multiplied when negative. No-repeat: a token that would complete an
+    n-gram already in the text is banned. The n-gram index grows with the text, so a step costs O(1).
+    """
+
+    def __init__(self, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> None:
+        if not _finite(repetition_penalty) or repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty}")
+        if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) \
+                or no_repeat_ngram_size < 0:
+            raise ConfigError(f"no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size}")
+        self.penalty, self.n = float(repetition_penalty), no_repeat_ngram_size
+        self.active = self.penalty != 1.0 or self.n > 0
+        self._seen: set[int] = set()
+        self._next: dict[tuple[int, ...], set[int]] = {}
+        self._indexed = 0           # tokens of the text already in _seen / _next
+
+    def _index(self, tokens: Sequence[int]) -> None:
+        n = self.n
+        for i in range(self._indexed, len(tokens)):
+            self._seen.add(tokens[i])
+            if n > 0 and i >= n - 1:
+                self._next.setdefault(tuple(tokens[i - n + 1:i]), set()).add(tokens[i])
+        self._indexed = len(tokens)
+
+    def __call__(self, logits: torch.Tensor, tokens: Sequence[int]) -> torch.Tensor:
+        """``logits`` (vocab,) adjusted for ``tokens``, the text so far (only ever appended to)."""
+        if not self.active:
+            return logits
+        self._index(tokens)
+        if self.penalty != 1.0 and self._seen:
+            ids = torch.tensor(sorted(t for t in self._seen if t < logits.shape[-1]), device=logits.device)
+            picked = logits[ids]
+            logits[ids] = torch.where(picked > 0, picked / self.penalty, picked * self.penalty)
+        if self.n > 0 and len(tokens) >= self.n - 1:
+            banned = self._next.get(tuple(tokens[len(tokens) - self.n + 1:]) if self.n > 1 else (), ())
+            if banned:
+                logits[sorted(banned)] = float("-inf")
+        return logits
 
 
 class TextAssembler:

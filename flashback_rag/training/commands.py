@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import FlashBackConfig
 from ..errors import FlashBackError
+from .output import drop_unused_prepare_record, staged_training_output
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -41,6 +42,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     record = {"model": args.model, "index": str(args.index), "input": str(args.input),
               "validation_input": args.validation_input, "validation_fraction": args.validation_fraction,
               "forbidden_titles": args.forbidden_titles}
+    drop_unused_prepare_record(args.out)      # a failed first run must not refuse the corrected one
     done = prepare(sources, retriever, tokenizer, args.out, cfg, record=record,
                    max_examples={"train": args.max_examples, "validation": args.max_validation_examples},
                    show_progress=not args.quiet)
@@ -64,7 +66,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         max_eval_examples=args.max_eval_examples, precision=args.precision, dtype=args.dtype, device=args.device,
         seed=args.seed, resume=args.resume, deepspeed=args.deepspeed,
         gradient_checkpointing=args.gradient_checkpointing, report_to=args.report_to)
-    _, _, metrics = train(cfg, show_progress=not args.quiet)
+    with staged_training_output(cfg.out, cfg.resume) as staging:   # old adapter or new one, never half
+        cfg.out = str(staging)
+        _, _, metrics = train(cfg, show_progress=not args.quiet)
     summary = {k: metrics.get(k) for k in ("train_loss", "eval_loss", "eval_ppl", "train_runtime", "train_examples")}
     print(json.dumps({"out": args.out, **summary}))
     return 0
@@ -73,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..retrievers import load_index
-    from .adapters import adapter_config
+    from ..adapters import adapter_config
     from .data import read_examples
     from .evaluate import prepared_perplexity, text_perplexity, windows_perplexity
     from .prepare import read_windows as read_prepared_windows
@@ -125,7 +129,7 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .adapters import export_merged
+    from ..adapters import export_merged
 
     if not args.merge:
         raise FlashBackError("only --merge export is supported: it writes a plain Hugging Face model folder")

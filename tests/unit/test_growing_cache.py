@@ -12,7 +12,7 @@ from transformers import DynamicCache
 
 from flashback_rag import FlashBack, FlashBackConfig
 from flashback_rag.growing_cache import GrowingCache
-from flashback_rag.kv_cache import CachedLogits, crop_cache
+from flashback_rag.kv_cache import CachedLogits, cache_keyword, crop_cache
 from flashback_rag.results import GenerationStats
 
 ARCHS = ["llama", "gpt2", "opt", "qwen2"]
@@ -25,7 +25,7 @@ SCRIPT = [("feed", 7), ("feed", 1), ("feed", 1), ("crop", 5), ("feed", 9), ("fee
 
 def _forward(model, cache, ids, start):
     positions = torch.arange(start, start + ids.shape[1]).unsqueeze(0)
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True, position_ids=positions)
+    out = model(input_ids=ids, **{cache_keyword(model): cache}, use_cache=True, position_ids=positions)
     return out.logits[0]
 
 

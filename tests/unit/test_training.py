@@ -15,7 +15,7 @@ from flashback_rag.corpus import Document
 from flashback_rag.errors import AdapterMismatchError, FlashBackError
 from flashback_rag.models import add_marker_tokens, load_model
 from flashback_rag.retrievers import BM25Retriever
-from flashback_rag.training.adapters import read_meta
+from flashback_rag.adapters import read_meta
 from flashback_rag.training.data import layout, read_examples
 from flashback_rag.training.evaluate import prepared_perplexity, text_perplexity, windows_perplexity
 from flashback_rag.training.prepare import PrepareConfig, prepare, read_windows, token_stream
@@ -236,7 +236,7 @@ def test_only_lora_weights_and_the_two_marker_rows_change(trained):
 
 
 def test_save_load_same_logits_and_merged_export(trained, tmp_path):
-    from flashback_rag.training.adapters import export_merged
+    from flashback_rag.adapters import export_merged
 
     adapter, model, tok, _, data = trained
     ex = read_examples(data / "validation", limit=1)[0]
@@ -274,7 +274,7 @@ def test_mismatched_adapter_is_refused(trained):
         load_model("tiny-random-qwen2", adapter=adapter)
     model, tok = load_model("tiny-random-llama")
     tok.add_tokens(["<extra>"])                  # another tokenizer: the markers would land elsewhere
-    from flashback_rag.training.adapters import apply_adapter
+    from flashback_rag.adapters import apply_adapter
 
     with pytest.raises(AdapterMismatchError):
         apply_adapter(model, tok, adapter)

@@ -37,11 +37,25 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer
 
 from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
-from flashback_rag.frameworks import aiter_in_thread, build_engine, result_summary, split_config_fields
+from flashback_rag.config import config_fields
+from flashback_rag.errors import ConfigError
+from flashback_rag.frameworks import (
+    CALL_OPTIONS,
+    aiter_in_thread,
+    build_engine,
+    call_settings,
+    check_keywords,
+    from_generate_kwargs,
+    refuse_foreign_retriever,
+    report_slides,
+    result_summary,
+    split_config_fields,
+)
 
 from .retrievers import as_flashback_retriever
 
-CALL_KEYS = ("max_new_tokens", "temperature", "top_p", "sample_top_k", "seed", "ignore_eos", "use_cache")
+# Per-call keywords (stop is LangChain's own argument and is merged with the instance's stop strings).
+CALL_KEYS = tuple(k for k in CALL_OPTIONS if k != "stop")
 
 
 class FlashBackEngineMixin(BaseModel):
@@ -61,6 +75,9 @@ class FlashBackEngineMixin(BaseModel):
     seed: Optional[int] = None
     stop: Optional[List[str]] = None
     ignore_eos: bool = False
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    no_repeat_ngram_size: int = Field(default=0, ge=0)
+    generate_kwargs: Dict[str, Any] = Field(default_factory=dict)
     device: Optional[str] = None
     dtype: Optional[str] = None
 
@@ -76,6 +93,8 @@ class FlashBackEngineMixin(BaseModel):
                  max_new_tokens: int = 256, device: Optional[str] = None, dtype: Optional[str] = None,
                  **kwargs: Any) -> None:
         engine, name, rest = self._build(model, adapter, retriever, config, device, dtype, kwargs)
+        check_keywords(rest, [*type(self).model_fields, *config_fields()], f"{type(self).__name__}()")
+        from_generate_kwargs(rest.get("generate_kwargs"))             # a bad option fails now, not per call
         super().__init__(model=name, adapter=None if adapter is None else str(adapter), retriever=retriever,
                          config=engine.config, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
                          **rest)
@@ -85,6 +104,7 @@ class FlashBackEngineMixin(BaseModel):
     def _build(model: Any, adapter: Any, retriever: Any, config: Any, device: Any, dtype: Any,
                kwargs: Dict[str, Any]) -> tuple[FlashBack, str, Dict[str, Any]]:
         fields, rest = split_config_fields(kwargs)
+        refuse_foreign_retriever(retriever, "langchain")
         if model is None:
             raise TypeError("FlashBackLLM needs model= (an alias such as smollm2-135m, a folder, a .gguf "
                             "file, a hub id, or a FlashBack engine)")
@@ -106,17 +126,57 @@ class FlashBackEngineMixin(BaseModel):
         """The GenerationResult of the most recent call to finish (retrievals, timings, slides)."""
         return self._last_result
 
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> List[str]:
+        return ["langchain_flashback", "llms"]
+
+    def to_json(self) -> Any:
+        """LangChain's ``dumpd`` form, minus a retriever object (code, not a setting; an index path stays)."""
+        serialized = super().to_json()
+        if serialized.get("type") == "constructor":
+            kwargs = dict(serialized["kwargs"])
+            kwargs.pop("retriever", None)
+            if isinstance(self.retriever, (str, os.PathLike)):
+                kwargs["retriever"] = str(self.retriever)
+            if isinstance(kwargs.get("config"), FlashBackConfig):
+                kwargs["config"] = kwargs["config"].to_dict()
+            serialized = {**serialized, "kwargs": kwargs}
+        return serialized
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Every setting (JSON-friendly) but the retriever, which is code: see :meth:`from_dict`."""
+        return {**self.model_dump(exclude={"retriever"}), "_type": self._llm_type}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], **kwargs: Any):
+        """Rebuild from :meth:`to_dict` (or LangChain's ``dumpd``); re-attach the retriever: ``retriever=...``."""
+        if data.get("lc") == 1 and data.get("type") == "constructor":      # langchain_core.load.dumpd
+            data = data.get("kwargs", {})
+        data = {k: v for k, v in {**data, **kwargs}.items() if k != "_type"}
+        config = data.get("config")
+        pattern = config.get("pattern") if isinstance(config, dict) else getattr(config, "pattern", "append")
+        if data.get("retriever") is None and pattern != "none":
+            raise ConfigError(f"{cls.__name__}.from_dict: the retriever is not serialised (it is code, not a "
+                              f"setting) and pattern {pattern!r} needs one: {cls.__name__}.from_dict(data, retriever=...)")
+        return cls(**data)
+
     def _settings(self, stop: Optional[List[str]], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-        get = lambda key: kwargs[key] if key in kwargs else getattr(self, key)   # noqa: E731
-        stops = [*(self.stop or []), *(stop or [])]
-        return dict(max_new_tokens=get("max_new_tokens"), temperature=get("temperature"),
-                    top_p=get("top_p"), top_k=get("sample_top_k"), seed=get("seed"),
-                    stop=stops or None, ignore_eos=get("ignore_eos"),
-                    use_cache=kwargs.get("use_cache", True))
+        defaults = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                        top_k=self.sample_top_k, seed=self.seed, stop=None, ignore_eos=self.ignore_eos,
+                        use_cache=True, repetition_penalty=self.repetition_penalty,
+                        no_repeat_ngram_size=self.no_repeat_ngram_size)
+        settings = call_settings(defaults, self.generate_kwargs, kwargs, f"{type(self).__name__} call")
+        stops = [*(self.stop or []), *(settings.pop("stop") or []), *(stop or [])]
+        return {**settings, "stop": stops or None}
 
     def _run(self, prompt: str, stop: Optional[List[str]], kwargs: Dict[str, Any]) -> GenerationResult:
         result = self._engine.generate(prompt, **self._settings(stop, kwargs))
         self._last_result = result
+        report_slides(result, self._engine.max_context)
         return result
 
     def _deltas(self, prompt: str, stop: Optional[List[str]], kwargs: Dict[str, Any]
@@ -126,6 +186,7 @@ class FlashBackEngineMixin(BaseModel):
         for delta in stream:
             yield delta, None
         self._last_result = stream.result
+        report_slides(stream.result, self._engine.max_context)
         yield "", stream.result
 
     def _params(self) -> Dict[str, Any]:

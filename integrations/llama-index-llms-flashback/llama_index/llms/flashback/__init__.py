@@ -10,6 +10,7 @@ from llama_index.llms.flashback.handoff import (
     FLASHBACK_QA_PROMPT,
     FlashBackNodePostprocessor,
     as_flashback_query_engine,
+    check_query_engine,
     hand_over,
 )
 from llama_index.llms.flashback.retrievers import (
@@ -22,6 +23,6 @@ from llama_index.llms.flashback.retrievers import (
 
 __all__ = [
     "FLASHBACK_QA_PROMPT", "FlashBackLLM", "FlashBackNodePostprocessor", "FlashBackRetriever",
-    "LlamaIndexPassageRetriever", "as_flashback_query_engine", "as_flashback_retriever",
+    "LlamaIndexPassageRetriever", "as_flashback_query_engine", "as_flashback_retriever", "check_query_engine",
     "chat_template_prompt", "hand_over", "node_to_passage", "passage_to_node", "result_summary",
 ]

@@ -45,9 +45,17 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 
 from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
+from flashback_rag.config import config_fields
+from flashback_rag.errors import ConfigError
 from flashback_rag.frameworks import (
+    CALL_OPTIONS,
     aiter_in_thread,
     build_engine,
+    call_settings,
+    check_keywords,
+    from_generate_kwargs,
+    refuse_foreign_retriever,
+    report_slides,
     result_summary,
     split_config_fields,
     with_first_block,
@@ -58,10 +66,12 @@ from .retrievers import as_flashback_retriever
 
 log = logging.getLogger(__name__)
 
+REFINE_PADDING = 500                       # llama_index refine.DEFAULT_RESPONSE_PADDING_SIZE
+_WARNED_WINDOWS: set[tuple[int, int]] = set()
+
 # Per-call keyword arguments that reach FlashBack.generate (sample_top_k is its top_k: the name
 # top_k belongs to FlashBackConfig, passages per retrieval).
-CALL_KEYS = ("max_new_tokens", "temperature", "top_p", "sample_top_k", "seed", "stop", "ignore_eos",
-             "use_cache")
+CALL_KEYS = CALL_OPTIONS
 
 
 def chat_template_prompt(tokenizer) -> Any:
@@ -88,7 +98,11 @@ class FlashBackLLM(CustomLLM):
             ``stride``, ``query_tokens``, ``doc_tokens``, ``top_k`` = passages per retrieval...).
         max_new_tokens: tokens to generate per call (also LlamaIndex's ``num_output``).
         temperature, top_p, sample_top_k, seed: sampling (greedy by default).
+        repetition_penalty, no_repeat_ngram_size: as in Hugging Face ``generate``.
+        generate_kwargs: Hugging Face ``generate`` options (``top_k``, ``do_sample``...), as HuggingFaceLLM takes.
         stop: stop strings; ignore_eos: keep going past EOS.
+        Unknown keywords are errors. ``to_dict`` / ``from_dict`` round-trip every setting but the
+        retriever, which is code: re-attach it with ``FlashBackLLM.from_dict(data, retriever=...)``.
         is_chat_model: route query engines through ``chat`` (the tokenizer's chat template).
     """
 
@@ -103,6 +117,9 @@ class FlashBackLLM(CustomLLM):
     seed: Optional[int] = Field(default=None)
     stop: Optional[List[str]] = Field(default=None, description="Stop strings.")
     ignore_eos: bool = Field(default=False)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    no_repeat_ngram_size: int = Field(default=0, ge=0)
+    generate_kwargs: Dict[str, Any] = Field(default_factory=dict, description="Hugging Face generate options.")
     is_chat_model: bool = Field(default=False)
     device: Optional[str] = Field(default=None)
     dtype: Optional[str] = Field(default=None)
@@ -118,6 +135,9 @@ class FlashBackLLM(CustomLLM):
                  config: FlashBackConfig | Dict[str, Any] | None = None, max_new_tokens: int = 256,
                  device: Optional[str] = None, dtype: Optional[str] = None, **kwargs: Any) -> None:
         fields, rest = split_config_fields(kwargs)
+        check_keywords(rest, [*type(self).model_fields, *config_fields()], "FlashBackLLM()")
+        from_generate_kwargs(rest.get("generate_kwargs"))             # a bad option fails now, not per call
+        refuse_foreign_retriever(retriever, "llama_index")
         engine = build_engine(model, adapter=adapter, retriever=as_flashback_retriever(retriever),
                               config=config, device=device, dtype=dtype, **fields)
         if isinstance(model, (str, os.PathLike)):
@@ -130,10 +150,41 @@ class FlashBackLLM(CustomLLM):
                          retriever=retriever, config=engine.config, max_new_tokens=max_new_tokens,
                          device=device, dtype=dtype, **rest)
         self._engine = engine
+        self._warn_small_window()
+
+    def _warn_small_window(self) -> None:
+        """Say up front, once per window size, that LlamaIndex's default response modes cannot fit.
+
+        compact (the query engine default) and refine keep 500 tokens of padding for the answer on top of
+        num_output, so on a small model (512 positions) every query fails with "Chunk size -450 is not
+        positive" before the LLM is called.
+        """
+        meta = self.metadata
+        room = meta.context_window - meta.num_output
+        if room < REFINE_PADDING + 100 and (meta.context_window, meta.num_output) not in _WARNED_WINDOWS:
+            _WARNED_WINDOWS.add((meta.context_window, meta.num_output))
+            log.warning("LlamaIndex's compact and refine response modes (the query engine default) keep %d "
+                        "tokens of padding for the answer, more than this model leaves: context_window %d "
+                        "(%s positions minus FlashBack's passage block) - num_output %d = %d; use "
+                        "as_flashback_query_engine(index, llm) or response_mode='simple_summarize'",
+                        REFINE_PADDING, meta.context_window, self._engine.max_context, meta.num_output, room)
 
     @classmethod
     def class_name(cls) -> str:
         return "FlashBackLLM"
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], **kwargs: Any) -> "FlashBackLLM":
+        """Rebuild from :meth:`to_dict`; the retriever is not serialised: pass it as ``retriever=``."""
+        data = {**data, **kwargs}
+        data.pop("class_name", None)
+        config = data.get("config")
+        pattern = config.get("pattern") if isinstance(config, dict) else getattr(config, "pattern", "append")
+        if data.get("retriever") is None and pattern != "none":
+            raise ConfigError("FlashBackLLM.from_dict: the retriever is not serialised (it is code, not a "
+                              f"setting) and pattern {pattern!r} needs one: "
+                              "FlashBackLLM.from_dict(data, retriever=...)")
+        return cls(**data)
 
     @property
     def engine(self) -> FlashBack:
@@ -163,14 +214,11 @@ class FlashBackLLM(CustomLLM):
         """
         if not formatted:
             prompt = self.completion_to_prompt(prompt)
-        unknown = sorted(set(kwargs) - set(CALL_KEYS))
-        if unknown:
-            log.debug("FlashBackLLM ignores keyword arguments %s", unknown)
-        get = lambda key: kwargs[key] if key in kwargs else getattr(self, key)   # noqa: E731
-        settings = dict(max_new_tokens=get("max_new_tokens"), temperature=get("temperature"),
-                        top_p=get("top_p"), top_k=get("sample_top_k"), seed=get("seed"),
-                        stop=get("stop"), ignore_eos=get("ignore_eos"),
-                        use_cache=kwargs.get("use_cache", True))
+        defaults = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                        top_k=self.sample_top_k, seed=self.seed, stop=self.stop, ignore_eos=self.ignore_eos,
+                        use_cache=True, repetition_penalty=self.repetition_penalty,
+                        no_repeat_ngram_size=self.no_repeat_ngram_size)
+        settings = call_settings(defaults, self.generate_kwargs, kwargs, "FlashBackLLM.complete()")
         engine = self._engine
         passages = pending_passages(prompt)
         if passages:
@@ -179,6 +227,7 @@ class FlashBackLLM(CustomLLM):
 
     def _finish(self, result: GenerationResult) -> CompletionResponse:
         self._last_result = result
+        report_slides(result, self._engine.max_context)
         return CompletionResponse(text=result.text, raw=result, additional_kwargs=result_summary(result))
 
     def _responses(self, engine: FlashBack, prompt: str, settings: Dict[str, Any]) -> CompletionResponseGen:
@@ -192,6 +241,7 @@ class FlashBackLLM(CustomLLM):
             held = delta
         result = stream.result
         self._last_result = result
+        report_slides(result, self._engine.max_context)
         text += held or ""
         yield CompletionResponse(text=text, delta=held or "", raw=result,
                                  additional_kwargs=result_summary(result))

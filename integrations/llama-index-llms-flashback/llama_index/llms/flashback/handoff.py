@@ -34,6 +34,7 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.prompts.prompt_type import PromptType
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from flashback_rag.errors import ConfigError
 from flashback_rag.retrievers import Passage
 
 from .retrievers import node_to_passage
@@ -97,4 +98,45 @@ def as_flashback_query_engine(index: Any, llm: Any, **kwargs: Any):
     """
     post = [*(kwargs.pop("node_postprocessors", None) or []), FlashBackNodePostprocessor()]
     kwargs.setdefault("text_qa_template", FLASHBACK_QA_PROMPT)
-    return index.as_query_engine(llm=llm, node_postprocessors=post, **kwargs)
+    engine = index.as_query_engine(llm=llm, node_postprocessors=post, **kwargs)
+    check_query_engine(engine, llm)
+    return engine
+
+
+# Tokens a packing template must leave for the question and some retrieved text; with less, LlamaIndex
+# fails at query time once the question is added (its chunk size goes negative).
+MIN_ROOM = 64
+
+
+def check_query_engine(query_engine: Any, llm: Any) -> None:
+    """Fail now, with the reason, when the query engine's prompts leave no room in the context window.
+
+    LlamaIndex packs text into ``context_window - num_output - prompt tokens``. On a small model (512
+    positions) with the default 256 new tokens and FlashBack's reserve for its appended block, the
+    compact / refine templates leave a negative room and LlamaIndex fails at the first query with
+    ``Chunk size -115 is not positive``; this says why, before any query. Templates need
+    :data:`MIN_ROOM` tokens left; chat templates count only for a chat model (``is_chat_model``).
+    """
+    synth = getattr(query_engine, "_response_synthesizer", None)
+    helper = getattr(synth, "_prompt_helper", None)
+    if synth is None or helper is None or not hasattr(helper, "_get_available_chunk_size"):
+        return
+    meta = llm.metadata
+    # refine and compact also keep a padding for the answer (500 tokens by default) when they pack.
+    padding = getattr(synth, "_response_padding_size", 5)
+    for name, template in synth.get_prompts().items():
+        if name.startswith("chat_") and not meta.is_chat_model:
+            continue
+        room = helper._get_available_chunk_size(template, 1, padding=padding, llm=llm)
+        if room < MIN_ROOM:
+            engine = getattr(llm, "engine", None)
+            positions = getattr(engine, "max_context", None)
+            block = engine.config.max_block_tokens if engine is not None else 0
+            raise ConfigError(
+                f"{type(synth).__name__} ({name}) packs the question and retrieved text into the prompt, but "
+                f"too little room is left (under {MIN_ROOM} tokens): "
+                f"context_window {meta.context_window} (the model's {positions} positions minus {block} kept for "
+                f"FlashBack's passage block) - num_output {meta.num_output} (max_new_tokens) - the template - "
+                f"LlamaIndex's padding of {padding} leaves {room} tokens. Lower max_new_tokens, doc_tokens or "
+                "top_k, use a model with more positions, or "
+                "response_mode='simple_summarize' with FlashBack's hand-over (the nodes are appended, not packed)")
