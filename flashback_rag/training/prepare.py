@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -53,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..adapters import tokenizer_fingerprint  # noqa: F401  (one definition; prepared data records it)
 from ..config import MARK_L, MARK_R
 from ..corpus import Document, read_documents
 from ..errors import ConfigError, FlashBackError
@@ -125,13 +127,6 @@ class PrepareConfig:
         return dataclasses.asdict(self)
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A short hash of the vocabulary (marker tokens left out), to tell tokenizers apart."""
-    vocab = {tok: i for tok, i in tokenizer.get_vocab().items() if tok not in (MARK_L, MARK_R)}
-    blob = json.dumps(sorted(vocab.items()), ensure_ascii=False).encode("utf-8")
-    return hashlib.sha1(blob).hexdigest()[:16]
-
-
 def token_stream(documents: Iterable[Document], tokenizer, separator: str = "\n\n") -> list[int]:
     """All documents as one token stream (the seed joins a split's text the same way)."""
     sep = tokenizer(separator, add_special_tokens=False).input_ids if separator else []
@@ -188,7 +183,7 @@ def make_windows(tokens: Sequence[int], retriever: Retriever, tokenizer, cfg: Pr
     records = [{"start": start, "tokens": list(tokens[start:start + cfg.window_length]), "points": list(points),
                 "passages": [], "passage_ids": [], "stride": cfg.stride} for start, points in windows]
     for (w, _, _), found in zip(flat, hits):
-        chosen = [as_passage(p, r) for r, p in enumerate(list(found)[:cfg.top_k])]
+        chosen = [as_passage(p, r) for r, p in enumerate(itertools.islice(found, cfg.top_k))]
         encoded = [encode_passage(tokenizer, p, cfg.doc_tokens, cfg.passage_template) for p in chosen]
         records[w]["passages"].append([e for e in encoded if e])
         records[w]["passage_ids"].append([str(p.id) for p in chosen])
@@ -238,8 +233,9 @@ def make_examples(tokens: Sequence[int], retriever: Retriever, tokenizer, cfg: P
     hits = retrieve_batch(retriever, queries, cfg.top_k)
     examples = []
     for i, query, found in zip(points, queries, hits):
+        found = list(itertools.islice(found, cfg.top_k))     # a retriever may yield without end
         passages = [encode_passage(tokenizer, as_passage(p, r), cfg.doc_tokens, cfg.passage_template)
-                    for r, p in enumerate(list(found)[:cfg.top_k])]
+                    for r, p in enumerate(found)]
         passages = [p for p in passages if p]
         block_len = sum(map(len, passages)) + 2
         n = src_length(i, block_len, cfg, split)
