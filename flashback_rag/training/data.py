@@ -51,6 +51,11 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[dict[str, 
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     if not files or not all(f.is_file() for f in files):
         raise FlashBackError(f"no prepared examples at {path}")
+    return read_jsonl_records(files, limit)
+
+
+def read_jsonl_records(files: Sequence[Path], limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON records of ``files`` (one a line, blank lines skipped), at most ``limit`` of them."""
     out: list[dict[str, Any]] = []
     for file in files:
         with open(file, encoding="utf-8") as handle:

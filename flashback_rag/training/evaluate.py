@@ -54,13 +54,16 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _banned(model, tokenizer, pattern: str, markers: bool):
-    """(markers used by the layout, ids never predicted: any marker in the vocabulary)."""
+def _setup(model, tokenizer, pattern: str, markers: bool, echo: int):
+    """Eval mode; (markers the layout uses, ids never predicted, echo the layout uses, pad id, device)."""
     from ..models import marker_ids
 
+    model.eval()
     marks = _markers_for(model, tokenizer, pattern, markers)
-    found = marker_ids(tokenizer)
-    return marks, sorted(set(marks.as_list() if marks else []) | set(found.as_list() if found else []))
+    found = marker_ids(tokenizer)        # any marker in the vocabulary is never predicted, used or not
+    banned = sorted(set(marks.as_list() if marks else []) | set(found.as_list() if found else []))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return marks, banned, echo if pattern == "append" else 0, pad, _device(model)
 
 
 @torch.no_grad()
@@ -76,11 +79,7 @@ def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], patter
 
     if not records:
         raise ConfigError("no windows to evaluate")
-    model.eval()
-    marks, banned = _banned(model, tokenizer, pattern, markers)
-    echo = echo if pattern == "append" else 0
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = _device(model)
+    marks, banned, echo, pad, device = _setup(model, tokenizer, pattern, markers, echo)
     rows: list[torch.Tensor] = []
     if pack and pattern in PACKABLE:
         bar = tqdm(total=len(records), desc=f"ppl {pattern}", unit=" win", disable=not show_progress)
@@ -135,12 +134,8 @@ def prepared_perplexity(model, tokenizer, examples: Sequence[dict[str, Any]], pa
         raise ConfigError(f"unknown multi-passage scoring {multi!r}; choose one of {', '.join(MULTI)}")
     if not examples:
         raise ConfigError("no examples to evaluate")
-    model.eval()
-    marks, banned = _banned(model, tokenizer, pattern, markers)
-    echo = echo if pattern == "append" else 0
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    marks, banned, echo, pad, device = _setup(model, tokenizer, pattern, markers, echo)
     collate = LeftPadCollator(pad)
-    device = _device(model)
     total, count = 0.0, 0
     started = time.perf_counter()
     bar = tqdm(total=len(examples), desc=f"ppl {pattern}", unit=" ex", disable=not show_progress)

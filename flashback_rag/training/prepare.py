@@ -198,15 +198,9 @@ def read_windows(path: str | Path, limit: int | None = None) -> list[dict[str, A
     if not files or not all(f.is_file() for f in files):
         raise FlashBackError(f"no prepared windows at {path}: prepare the data again with this version of "
                              "`flashback prepare`, or train with --no-pack")
-    out: list[dict[str, Any]] = []
-    for file in files:
-        with open(file, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    out.append(json.loads(line))
-                    if limit is not None and len(out) >= limit:
-                        return out
-    return out
+    from .data import read_jsonl_records
+
+    return read_jsonl_records(files, limit)
 
 
 def src_length(point: int, block_len: int, cfg: PrepareConfig, split: str) -> int:
