@@ -85,7 +85,8 @@ def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], patter
         bar = tqdm(total=len(records), desc=f"ppl {pattern}", unit=" win", disable=not show_progress)
         for chunk in batched(list(records), batch_size):
             packed = [pack_record(r, pattern, marks, top_k, echo) for r in chunk]
-            batch = {k: v.to(device) for k, v in collate_packed(packed, pad).items()}
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                     for k, v in collate_packed(packed, pad).items()}
             nll = packed_token_nll(model, batch, banned).float().cpu()
             for row, p in enumerate(packed):                       # (point, offset) slots, in order
                 rows.append(nll[row, :len(p.targets)].view(len(chunk[row]["points"]), -1))

@@ -22,6 +22,14 @@ gradients) equal those of the separate examples, with the prefix computed once.
 A point whose block is empty (pattern ``none``, or no passage found) needs no segment: its targets are
 scored in the window itself, which already reads exactly ``x[:i+t]``. The prepend layout cannot be packed
 (the prefix attends to the passage); :func:`unpack_window` gives its separate examples.
+
+Two ways to run a packed sequence, the same numbers (tested):
+
+- ``mode="segments"`` (the default): the window in one forward (causal, its keys and values kept), then
+  all segments in one batched forward over those keys and values, each segment's mask ``(m, L + m)``
+  letting it see ``x[:i]`` and itself. Attention costs what each segment really reads.
+- ``mode="mask"``: the whole packed sequence in one forward under its ``(T, T)`` mask: the literal
+  layout, but attention over ``T^2`` pairs of which most are masked (slower once windows are long).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import torch
 from ..patterns import build_block, echo_span
 
 PACKABLE = ("append", "none")
+MODES = ("segments", "mask")
 
 
 @dataclass
@@ -109,46 +118,125 @@ def attention_mask(packed: PackedSequence, width: int | None = None, dtype=torch
     return mask[None, None]
 
 
-def collate_packed(sequences: Sequence[PackedSequence], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad packed sequences into a batch: ids, positions, 4D mask, and the scoring indices.
+def collate_packed(sequences: Sequence[PackedSequence], pad_id: int, mode: str = "segments") -> dict[str, Any]:
+    """A batch of packed sequences; ``labels`` are the targets ``(B, N)`` (-100 where a row has fewer).
 
-    ``predict_at`` is ``(B, N)``, ``labels`` the targets ``(B, N)`` (rows with fewer targets repeat their
-    last index, with label -100).
+    ``mode="segments"`` keeps the sequences themselves (``packed``: run by :func:`packed_token_nll`);
+    ``mode="mask"`` right-pads them into ids, positions, the 4D mask and ``predict_at`` ``(B, N)`` (rows
+    with fewer targets repeat their last index).
     """
-    width = max(len(p) for p in sequences)
+    if mode not in MODES:
+        raise ValueError(f"unknown packing mode {mode!r}; choose one of {', '.join(MODES)}")
     most = max(len(p.targets) for p in sequences)
     batch = len(sequences)
+    # "labels" (not "targets"): the Trainer computes an evaluation loss only for batches that have labels
+    targets = torch.full((batch, most), -100, dtype=torch.long)
+    for row, p in enumerate(sequences):
+        targets[row, :len(p.targets)] = torch.tensor(p.targets, dtype=torch.long)
+    if mode == "segments":
+        return {"packed": list(sequences), "pad_id": pad_id, "labels": targets}
+    width = max(len(p) for p in sequences)
     ids = torch.full((batch, width), pad_id, dtype=torch.long)
     pos = torch.zeros((batch, width), dtype=torch.long)
     predict = torch.zeros((batch, most), dtype=torch.long)
-    targets = torch.full((batch, most), -100, dtype=torch.long)
     masks = []
     for row, p in enumerate(sequences):
         ids[row, :len(p)] = torch.tensor(p.input_ids)
         pos[row, :len(p)] = torch.tensor(p.position_ids)
-        # padding continues the positions (any value works: it is masked off)
-        pos[row, len(p):] = torch.arange(len(p), width) if width > len(p) else pos[row, len(p):]
+        pos[row, len(p):] = torch.arange(len(p), width)         # padding: any position, it is masked off
         k = len(p.targets)
         predict[row, :k] = torch.tensor(p.predict_at)
         predict[row, k:] = p.predict_at[-1] if k else 0
-        targets[row, :k] = torch.tensor(p.targets)
         masks.append(attention_mask(p, width))
-    # "labels" (not "targets"): the Trainer computes an evaluation loss only for batches that have labels
     return {"input_ids": ids, "position_ids": pos, "attention_mask": torch.cat(masks), "predict_at": predict,
             "labels": targets}
 
 
-def packed_token_nll(model, batch: dict[str, torch.Tensor], banned: Sequence[int] = ()) -> torch.Tensor:
-    """Negative log-likelihood of every target ``(B, N)`` (0 where the target is -100), with gradients."""
+def packed_token_nll(model, batch: dict[str, Any], banned: Sequence[int] = ()) -> torch.Tensor:
+    """Negative log-likelihood of every target ``(B, N)`` (0 where the label is -100), with gradients."""
     from .data import mask_banned
 
-    predict, targets = batch["predict_at"], batch["labels"]
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                attention_mask=batch["attention_mask"], logits_to_keep=predict)
-    logits = mask_banned(out.logits.float(), banned)                      # (B, N, V)
+    targets = batch["labels"]
+    if "packed" in batch:
+        device = targets.device
+        rows = [_segments_logits(model, p, batch["pad_id"], device) for p in batch["packed"]]
+        width = targets.shape[1]
+        logits = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, width - r.shape[0])) for r in rows])
+    else:
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                    attention_mask=batch["attention_mask"], logits_to_keep=batch["predict_at"])
+        logits = out.logits
+    logits = mask_banned(logits.float(), banned)                          # (B, N, V)
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                             ignore_index=-100, reduction="none")
     return nll.view(targets.shape)
+
+
+def _segments_logits(model, p: PackedSequence, pad_id: int, device) -> torch.Tensor:
+    """Logits ``(N, V)`` for the targets of ``p``: the window once, then every segment over its cache."""
+    from transformers import DynamicCache
+
+    from ..kv_cache import cache_keyword
+
+    length = p.segment.count(-1)                          # the window's tokens come first
+    keyword = cache_keyword(model)
+    in_window = [n for n, i in enumerate(p.predict_at) if i < length]
+    keep = torch.tensor([p.predict_at[n] for n in in_window] or [length - 1], device=device)
+    # 1. the window: causal, positions 0..L-1, keys and values kept            (1, L) -> (1, Kw, V)
+    out = model(input_ids=torch.tensor([p.input_ids[:length]], device=device),
+                position_ids=torch.arange(length, device=device)[None], use_cache=True, logits_to_keep=keep)
+    window_logits = out.logits[0]
+    spans = _segment_spans(p, length)
+    if not spans:
+        return window_logits[:len(in_window)]
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    # 2. every segment at once over the window's keys and values                (P, m) -> (P, s, V)
+    width = max(end - start for start, end, _ in spans)
+    count, most = len(spans), max(len(t) for _, _, t in spans)
+    ids = torch.full((count, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((count, width), dtype=torch.long)
+    sees = torch.zeros(count, dtype=torch.long)
+    lengths = torch.zeros(count, dtype=torch.long)
+    keep_rows = torch.zeros((count, most), dtype=torch.long)
+    for r, (start, end, predicted) in enumerate(spans):
+        ids[r, :end - start] = torch.tensor(p.input_ids[start:end])
+        pos[r] = p.position_ids[start] + torch.arange(width)
+        sees[r], lengths[r] = p.sees_window[start], end - start
+        keep_rows[r, :len(predicted)] = torch.tensor([i - start for i in predicted])
+    q = torch.arange(width)
+    window_keys = torch.arange(length)[None, None, :] < sees[:, None, None]                    # (P, 1, L)
+    own_keys = (q[None, None, :] <= q[None, :, None]) & (q[None, None, :] < lengths[:, None, None])  # (P, m, m)
+    allowed = torch.cat([window_keys.expand(count, width, length), own_keys], dim=-1)
+    mask = torch.zeros(allowed.shape, dtype=next(model.parameters()).dtype)
+    mask.masked_fill_(~allowed, torch.finfo(mask.dtype).min)
+    shared = DynamicCache()
+    for layer, held in enumerate(cache.layers):
+        shared.update(held.keys.expand(count, -1, -1, -1), held.values.expand(count, -1, -1, -1), layer)
+    seg = model(input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=mask[:, None].to(device),
+                use_cache=True, logits_to_keep=keep_rows.to(device), **{keyword: shared})
+    seg_logits = seg.logits                                                                   # (P, most, V)
+    # back to target order: each target's logits from the window or from its segment row
+    where = {}
+    for r, (_, _, predicted) in enumerate(spans):
+        for k, i in enumerate(predicted):
+            where[i] = len(in_window) + r * most + k
+    for k, n in enumerate(in_window):
+        where[p.predict_at[n]] = k
+    table = torch.cat([window_logits[:len(in_window)], seg_logits.reshape(-1, seg_logits.shape[-1])])
+    return table[torch.tensor([where[i] for i in p.predict_at], device=table.device)]
+
+
+def _segment_spans(p: PackedSequence, length: int) -> list[tuple[int, int, list[int]]]:
+    """``(start, end, predict_at indices inside)`` of every segment, in order."""
+    spans: list[tuple[int, int, list[int]]] = []
+    index = length
+    while index < len(p):
+        end = index
+        while end < len(p) and p.segment[end] == p.segment[index]:
+            end += 1
+        spans.append((index, end, [i for i in p.predict_at if index <= i < end]))
+        index = end
+    return spans
 
 
 def window_blocks(record: dict[str, Any], pattern: str, markers=None, top_k: int | None = None) -> list[list[int]]:

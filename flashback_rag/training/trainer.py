@@ -175,7 +175,7 @@ def make_trainer_class():
             return super().create_optimizer(model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if "predict_at" in inputs:               # packed windows
+            if "packed" in inputs or "predict_at" in inputs:      # packed windows
                 nll = packed_token_nll(model, inputs, self.banned_ids)
                 loss = nll.sum() / (inputs["labels"] != -100).sum().clamp(min=1)
             else:

@@ -42,12 +42,12 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad):
+def _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad, mode):
     from flashback_rag.patterns import build_block
 
     model.zero_grad(set_to_none=True)
     blocks = [build_block(found, markers) if pattern == "append" else [] for found in passages]
-    batch = collate_packed([pack_window(window, points, blocks, STRIDE, echo)], pad)
+    batch = collate_packed([pack_window(window, points, blocks, STRIDE, echo)], pad, mode=mode)
     loss = packed_token_nll(model, batch, markers.as_list()).sum()
     loss.backward()
     return loss.detach(), _grads(model)
@@ -63,10 +63,11 @@ def _separate_loss_and_grads(model, markers, window, points, passages, pattern, 
     return nll.detach(), _grads(model)
 
 
-def _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol, atol):
+def _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol, atol, mode="segments"):
     window, points, passages = _window(1, min(len(tokenizer), 250))
     pad = tokenizer.pad_token_id or 0
-    packed_loss, packed_grads = _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad)
+    packed_loss, packed_grads = _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad,
+                                                       mode)
     loss, grads = _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad)
     torch.testing.assert_close(packed_loss, loss, rtol=rtol, atol=atol)
     assert packed_grads.keys() == grads.keys()
@@ -79,12 +80,13 @@ def _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol, atol):
     assert (marker_grad.abs().sum() > 0) == (pattern == "append")
 
 
+@pytest.mark.parametrize("mode", ["segments", "mask"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 @pytest.mark.parametrize("pattern,echo", [("append", 0), ("append", 3), ("none", 0)])
-def test_packed_loss_and_gradients_equal_separate_examples(arch, pattern, echo):
+def test_packed_loss_and_gradients_equal_separate_examples(arch, pattern, echo, mode):
     model, tokenizer = load_model(f"tiny-random-{arch}")
     model, markers = _lora_with_markers(model, tokenizer)
-    _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol=1e-5, atol=1e-5)
+    _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol=1e-5, atol=1e-5, mode=mode)
 
 
 def test_mask_lets_segments_see_their_prefix_and_themselves_only():
@@ -107,14 +109,14 @@ def test_mask_lets_segments_see_their_prefix_and_themselves_only():
 def test_collate_pads_rows_and_masks_missing_targets():
     a = pack_window([1, 2, 3, 4, 5, 6], [2], [[90, 91]], stride=2)
     b = pack_window([1, 2, 3, 4, 5, 6, 7, 8], [2, 4], [[90], [91]], stride=2)
-    batch = collate_packed([a, b], pad_id=0)
+    batch = collate_packed([a, b], pad_id=0, mode="mask")
     assert batch["input_ids"].shape == (2, len(b)) and batch["attention_mask"].shape == (2, 1, len(b), len(b))
     assert batch["labels"][0].tolist() == [3, 4, -100, -100]
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("echo", [0, 8])
-def test_packed_equals_separate_on_smollm2(echo):
+@pytest.mark.parametrize("mode,echo", [("segments", 0), ("segments", 8), ("mask", 8)])
+def test_packed_equals_separate_on_smollm2(mode, echo):
     model, tokenizer = load_model("smollm2-135m")        # a fresh copy: LoRA is injected in place
     model, markers = _lora_with_markers(model, tokenizer)
-    _assert_equivalent(model, markers, tokenizer, "append", echo, rtol=2e-4, atol=2e-5)
+    _assert_equivalent(model, markers, tokenizer, "append", echo, rtol=2e-4, atol=2e-5, mode=mode)
