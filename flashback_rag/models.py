@@ -220,6 +220,20 @@ def shipped_adapter(name: str) -> Path:
     return folder
 
 
+def merged_for_inference(wrapped):
+    """A PEFT-wrapped FlashBack model with LoRA and the marker rows merged into plain weights.
+
+    Unmerged, PEFT's trainable-token layer rebuilds the whole embedding matrix on every forward (every
+    decoded token); merged, decoding costs what the base model costs. The recorded settings stay.
+    """
+    settings = getattr(wrapped, "flashback_config", None)
+    merged = wrapped.merge_and_unload()
+    merged.eval()
+    if settings is not None:
+        merged.flashback_config = settings
+    return merged
+
+
 def base_alias(name: str) -> str:
     """The base model of a shipped FlashBack model (its tokenizer too); other names are their own base."""
     return SHIPPED[name][0] if name in SHIPPED else name
@@ -246,8 +260,9 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         if adapter is not None:
             raise ModelNotFoundError(f"{name_or_path} already carries its FlashBack adapter; give adapter= "
                                      f"with its base model {base_alias(str(name_or_path))} instead")
-        return load_model(base_alias(str(name_or_path)), device=device, dtype=dtype,
-                          adapter=shipped_adapter(str(name_or_path)))
+        wrapped, tokenizer = load_model(base_alias(str(name_or_path)), device=device, dtype=dtype,
+                                        adapter=shipped_adapter(str(name_or_path)))
+        return merged_for_inference(wrapped), tokenizer
     if adapter is not None:
         from .adapters import apply_adapter
 
