@@ -223,19 +223,40 @@ def apply_adapter(model, tokenizer, directory: str | Path):
     return wrapped
 
 
-def export_merged(base: str, adapter: str | Path, out: str | Path, device: str | None = "cpu") -> Path:
-    """Merge a LoRA adapter (marker rows included) into its base model; write a plain HF model folder."""
-    from .models import load_model
+def export_merged(base: str, adapter: str | Path | None, out: str | Path, device: str | None = "cpu",
+                  markers: bool | None = None, config: FlashBackConfig | None = None) -> Path:
+    """Write a plain Hugging Face model folder that any server (vLLM included) loads as is.
+
+    ``base`` is a model name or folder; with ``adapter`` (a ``flashback train`` folder) its LoRA and
+    marker rows are merged into the weights. A shipped FlashBack model name (``smollm2-135m-flashback``)
+    exports merged without ``adapter``. ``markers=True`` adds the two marker tokens to a model that has
+    none (untrained rows, for serving the layouts before training); by default they are added when the
+    settings use them. The folder's ``flashback.json`` records the settings, so ``FlashBack.from_server``
+    and ``from_pretrained(..., backend="vllm")`` read them as defaults.
+    """
+    from .models import add_marker_tokens, load_model
 
     model, tokenizer = load_model(base, device=device, adapter=adapter)
-    meta = read_meta(adapter)
-    merged = model.merge_and_unload()
-    if hasattr(merged, "flashback_config"):
-        del merged.flashback_config
+    settings = config or getattr(model, "flashback_config", None)
+    if settings is None and adapter is not None:
+        settings = adapter_config(adapter)
+    meta = dict(read_meta(adapter)) if adapter is not None else {}
+    if hasattr(model, "merge_and_unload"):       # an unmerged PEFT model: LoRA and marker rows folded in
+        model = model.merge_and_unload()
+    if hasattr(model, "flashback_config"):
+        del model.flashback_config
+    settings = settings or FlashBackConfig()
+    want_markers = settings.markers if markers is None else markers
+    found = add_marker_tokens(model, tokenizer, settings.mark_left, settings.mark_right) if want_markers else None
+    settings = settings.replace(markers=bool(found))
     out = Path(out)
     with atomic_directory(out, owner_file=META_FILE) as tmp:
-        merged.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        meta = {**meta, "tune": "merged", "merged_from": str(adapter)}
-        atomic_write_json(tmp / META_FILE, meta)
+        if meta:
+            meta = {**meta, "tune": "merged", "merged_from": str(adapter), "config": settings.to_dict()}
+            atomic_write_json(tmp / META_FILE, json.loads(json.dumps(meta, default=str)))
+        else:
+            write_meta(tmp, tune="merged", markers=found, config=settings,
+                       base=base_record(model, tokenizer, str(base)), training={"exported_from": str(base)})
     return out

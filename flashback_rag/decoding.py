@@ -39,9 +39,9 @@ from typing import Any
 import torch
 
 from .config import FlashBackConfig
-from .errors import ConfigError, RetrievalError
-from .kv_cache import CachedLogits, RecomputedLogits
-from .models import add_marker_tokens, marker_ids, max_positions
+from .backends import Backend, SamplingSettings, TransformersBackend
+from .errors import BackendError, ConfigError, RetrievalError
+from .models import add_marker_tokens, marker_ids
 from .patterns import build_block, encode_passage, logical_context
 from .results import GenerationResult, RetrievalRecord, SlideRecord
 from .retrievers.base import Passage, Retriever
@@ -83,17 +83,28 @@ class FlashBack:
     """A causal LM, a retriever and a context pattern: generate with periodic re-retrieval."""
 
     def __init__(self, model, tokenizer, retriever: Retriever | None = None,
-                 config: FlashBackConfig | None = None) -> None:
+                 config: FlashBackConfig | None = None, *, backend: Backend | None = None) -> None:
         self.config = cfg = config or FlashBackConfig()
         if cfg.retrieves and retriever is None:
             raise ConfigError(f"pattern {cfg.pattern!r} needs a retriever (or use pattern='none')")
+        if model is None and backend is None:
+            raise ConfigError("FlashBack needs a model or a backend")
         self.model, self.tokenizer, self.retriever = model, tokenizer, retriever
+        self.backend: Backend = backend if backend is not None else TransformersBackend(model)
         # Markers are added to the vocabulary only when this engine uses them; their ids are looked up.
-        if cfg.retrieves and cfg.markers:
+        # A vLLM backend serves a fixed vocabulary: there they must already be in it (flashback export).
+        if not (cfg.retrieves and cfg.markers):
+            self.markers = None
+        elif model is not None:
             self.markers = add_marker_tokens(model, tokenizer, cfg.mark_left, cfg.mark_right)
         else:
-            self.markers = None
-        limits = [v for v in (max_positions(model), cfg.max_context) if v]
+            self.markers = marker_ids(tokenizer, cfg.mark_left, cfg.mark_right)
+            if self.markers is None:
+                raise ConfigError(
+                    f"the {self.backend.name} backend's model has no marker tokens ({cfg.mark_left}, "
+                    f"{cfg.mark_right}); serve a folder written by `flashback export`, which adds them, "
+                    "or use markers=False")
+        limits = [v for v in (self.backend.max_context, cfg.max_context) if v]
         self.max_context: int | None = min(limits) if limits else None
         # Tokens one window segment may add after the prefix: the block plus the tokens decoded
         # until the next retrieval point (one token at a time without retrieval).
@@ -114,15 +125,40 @@ class FlashBack:
     @classmethod
     def from_pretrained(cls, model_name_or_path: str, retriever: Retriever | str | None = None,
                         config: FlashBackConfig | None = None, device: str | None = None,
-                        dtype: str | torch.dtype | None = None, adapter: str | None = None,
-                        **config_fields: Any) -> "FlashBack":
+                        dtype: str | torch.dtype | None = None, adapter: str | None = None, *,
+                        backend: str = "transformers", server: str | None = None,
+                        backend_options: dict[str, Any] | None = None, **config_fields: Any) -> "FlashBack":
         """Load a model by alias, folder, .gguf or hub id; ``retriever`` may be an index folder path.
 
         ``adapter``: a folder from ``flashback train``; its settings (pattern, markers, stride, ...)
         are the default config, and ``config`` / keyword fields override them.
+        ``backend``: ``"transformers"`` (default, in process), ``"vllm"`` (an in-process vLLM engine;
+        ``backend_options`` are its ``AsyncEngineArgs``; a shipped model or adapter is exported for it
+        once) or ``"vllm-server"`` with ``server=URL`` (same as :meth:`from_server`).
         """
-        from .models import load_model
         from .retrievers import load_index
+
+        if isinstance(retriever, str):
+            retriever = load_index(retriever)
+        if backend == "vllm-server" or server is not None:
+            return cls.from_server(server, tokenizer=None, retriever=retriever, config=config,
+                                   model=None, **(backend_options or {}), **config_fields)
+        if backend == "vllm":
+            from .backends.vllm_engine import VLLMEngineBackend
+            from .serving import load_tokenizer, served_settings, vllm_folder
+
+            folder = vllm_folder(model_name_or_path, adapter)
+            options = dict(backend_options or {})
+            if dtype is not None:
+                options.setdefault("dtype", str(dtype).replace("torch.", ""))
+            engine = VLLMEngineBackend(str(folder), **options)
+            config = config or served_settings(folder)
+            if config_fields:
+                config = (config or FlashBackConfig()).replace(**config_fields)
+            return cls(None, load_tokenizer(None, folder), retriever, config, backend=engine)
+        if backend != "transformers":
+            raise ConfigError(f"unknown backend {backend!r}; choose transformers, vllm or vllm-server")
+        from .models import load_model
 
         model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, adapter=adapter)
         if config is None:
@@ -133,13 +169,36 @@ class FlashBack:
             config = adapter_config(model_name_or_path)
         if config_fields:
             config = (config or FlashBackConfig()).replace(**config_fields)
+        return cls(model, tokenizer, retriever, config)
+
+    @classmethod
+    def from_server(cls, url: str, tokenizer: Any = None, retriever: Retriever | str | None = None,
+                    config: FlashBackConfig | None = None, *, model: str | None = None,
+                    timeout: float = 120.0, api_key: str | None = None, **config_fields: Any) -> "FlashBack":
+        """Drive a running ``vllm serve`` at ``url`` (``http://HOST:PORT/v1``) with token-id prompts.
+
+        ``tokenizer``: the served model's (object, folder or hub id); by default the folder the server
+        loaded, when it is on this machine. Settings come from that folder's ``flashback.json`` (what
+        ``flashback export`` writes) unless ``config`` / keyword fields say otherwise.
+        """
+        from .backends.vllm_server import VLLMServerBackend
+        from .retrievers import load_index
+        from .serving import load_tokenizer, served_settings
+
+        if not url:
+            raise ConfigError("from_server needs the server's URL, e.g. http://127.0.0.1:8000/v1")
+        backend = VLLMServerBackend(url, model=model, timeout=timeout, api_key=api_key)
+        local = backend.model_path if backend.model_path and Path(backend.model_path).is_dir() else None
+        config = config or served_settings(local)
+        if config_fields:
+            config = (config or FlashBackConfig()).replace(**config_fields)
         if isinstance(retriever, str):
             retriever = load_index(retriever)
-        return cls(model, tokenizer, retriever, config)
+        return cls(None, load_tokenizer(tokenizer, local), retriever, config, backend=backend)
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"FlashBack(model={self.model.config.model_type}, pattern={c.pattern}, markers={c.markers}, "
+        return (f"FlashBack(model={self.backend.model_type}, backend={self.backend.name}, pattern={c.pattern}, markers={c.markers}, "
                 f"stride={c.stride}, query_tokens={c.query_tokens}, doc_tokens={c.doc_tokens}, top_k={c.top_k}, "
                 f"echo_tokens={c.echo_tokens})")
 
@@ -175,6 +234,39 @@ class FlashBack:
         controls = RepetitionControls(repetition_penalty, no_repeat_ngram_size)   # bad values fail now
         return TextStream(self._decode(prompt, max_new_tokens, temperature, top_p, top_k, seed, stop,
                                        ignore_eos, use_cache, want_text=True, controls=controls))
+
+    def generate_batch(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 128, *,
+                       max_concurrency: int = 64, **kwargs: Any) -> list[GenerationResult]:
+        """:meth:`generate` for every prompt, results in order. On a vLLM backend every sequence is in
+        flight at once (up to ``max_concurrency``), each re-retrieving on its own schedule, and vLLM
+        batches their requests; on transformers they run one after another."""
+        prompts = list(prompts)
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
+        if not self.backend.concurrent or len(prompts) <= 1:
+            return [self.generate(p, max_new_tokens, **kwargs) for p in prompts]
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(prompt):
+            return self.generate(prompt, max_new_tokens, **kwargs)
+
+        with ThreadPoolExecutor(max_workers=min(len(prompts), max_concurrency),
+                                thread_name_prefix="flashback-seq") as pool:
+            return list(pool.map(contextvars.copy_context().run, [one] * len(prompts), prompts))
+
+    async def agenerate(self, prompt: str | Sequence[int], max_new_tokens: int = 128,
+                        **kwargs: Any) -> GenerationResult:
+        """:meth:`generate` without blocking the event loop (it runs in a worker thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.generate, prompt, max_new_tokens, **kwargs)
+
+    async def agenerate_batch(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 128,
+                              **kwargs: Any) -> list[GenerationResult]:
+        """:meth:`generate_batch` without blocking the event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.generate_batch, prompts, max_new_tokens, **kwargs)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> tuple[list[int], int]:
         """Prompt token ids and the number of leading special tokens (a BOS) that anchor the context.
@@ -228,73 +320,70 @@ class FlashBack:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        device = next(self.model.parameters()).device
-        sampler = Sampler(temperature, top_p, top_k, seed, device=device)
+        controls = controls or RepetitionControls()
+        Sampler(temperature, top_p, top_k, seed)            # bad sampling values fail before any work
         tokens, anchor = self.encode_prompt(prompt)
         if not tokens:
             raise ConfigError("the prompt is empty and the tokenizer has no BOS token to start from")
         result = GenerationResult(text="", token_ids=[], finish_reason="length", pattern=cfg.pattern)
         stats = result.stats
         stats.prompt_tokens = len(tokens)
-        if use_cache:
-            # The longest logical context this call can reach: allocate the cache that long once.
-            longest = len(tokens) + max_new_tokens + cfg.max_block_tokens
-            source = CachedLogits(self.model, stats, capacity=min(longest, self.max_context or longest))
-        else:
-            source = RecomputedLogits(self.model, stats)
-        text = TextAssembler(self.tokenizer, stops) if want_text else None
         eos = None if ignore_eos else self.tokenizer.eos_token_id
+        sampling = SamplingSettings(
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, eos_id=eos,
+            banned_ids=tuple(self._banned_ids), vocab_size=self._vocab_size,
+            repetition_penalty=controls.penalty, no_repeat_ngram_size=controls.n, output_scores=output_scores)
+        # The longest logical context this call can reach: a cache can allocate that much once.
+        longest = len(tokens) + max_new_tokens + cfg.max_block_tokens
+        session = self.backend.session(result, sampling, use_cache=use_cache,
+                                       capacity=min(longest, self.max_context or longest))
+        text = TextAssembler(self.tokenizer, stops) if want_text else None
         window, point, block = anchor, len(tokens), []      # tokens[anchor:window] slid out
+        step, segments, done = 0, 0, False
         started = time.perf_counter()
 
-        with torch.inference_mode():
-            for step in range(max_new_tokens):
-                n = len(tokens)
-                resync = step == 0 or not use_cache
-                at_point = cfg.retrieves and step % cfg.stride == 0
+        try:
+            # One segment per pass: up to the next retrieval point (every `stride` tokens), or, without
+            # retrieval, as far as the window allows.
+            while step < max_new_tokens and not done:
+                n, left = len(tokens), max_new_tokens - step
                 # 1. retrieval point: query = last query_tokens tokens -> passage block
-                if at_point:
+                if cfg.retrieves:
                     point, block = n, self._retrieve(tokens, anchor, step, result)
-                    resync = True
-                # 2. slide the window if the context until the next check (the next retrieval point,
-                #    or the next token without retrieval) would not fit
-                if self.max_context is not None and (at_point or not cfg.retrieves):
-                    ahead = min(cfg.stride, max_new_tokens - step) if cfg.retrieves else 1
+                ahead = min(cfg.stride, left) if cfg.retrieves else left
+                # 2. slide the window if the context until the segment's last token would not fit
+                if self.max_context is not None:
                     added = len(block) + (cfg.layout_echo if block else 0)    # the echo goes with the block
-                    start = self._slide_start(n, ahead, anchor, added, window)
+                    start = self._slide_start(n, ahead if cfg.retrieves else 1, anchor, added, window)
                     if start != window:
                         result.slides.append(SlideRecord(step, start, start - window))
-                        window, resync = start, True
-                # 3. logits: (B=1, T_new) fed, (vocab,) back
-                if resync:
-                    context = logical_context(cfg.pattern, tokens, point, block, anchor, window,
-                                              cfg.echo_tokens)
-                    logits = source.resync(context)
-                else:
-                    logits = source.extend(tokens[-1])
-                # 4. the next token: repetition controls over the running text, then never a marker,
-                #    never an id past the tokenizer's vocabulary
-                if controls is not None and controls.active:
-                    logits = controls(logits, tokens)
-                if self._banned_ids:
-                    logits[self._banned_ids] = float("-inf")
-                if logits.shape[-1] > self._vocab_size:
-                    logits[self._vocab_size:] = float("-inf")
-                if output_scores:
-                    result.scores.append(logits.float().cpu())
-                token = sampler(logits)
-                if token == eos:
-                    result.finish_reason = "eos"
-                    break
-                tokens.append(token)
-                result.token_ids.append(token)
-                if text is not None:
-                    delta = text.push(token)
-                    if delta:
-                        yield delta
-                    if text.stopped:
-                        result.finish_reason = "stop"
+                        window = start
+                    if not cfg.retrieves:      # no block: run until the window is full, then slide
+                        ahead = min(left, self.max_context - anchor - n + max(anchor, window) + 1)
+                # 3. the backend continues the logical context; the loop keeps the running text
+                context = logical_context(cfg.pattern, tokens, point, block, anchor, window, cfg.echo_tokens)
+                produced = 0
+                for token in session.segment(context, ahead, tokens):
+                    produced += 1
+                    step += 1
+                    if token == eos:
+                        result.finish_reason, done = "eos", True
                         break
+                    tokens.append(token)
+                    result.token_ids.append(token)
+                    if text is not None:
+                        delta = text.push(token)
+                        if delta:
+                            yield delta
+                        if text.stopped:
+                            result.finish_reason, done = "stop", True
+                            break
+                segments += 1
+                if not done and produced < ahead:
+                    raise BackendError(f"the {self.backend.name} backend returned {produced} of the {ahead} "
+                                       "tokens asked for, without an end-of-text token")
+        finally:
+            session.close()
 
         if text is not None:
             tail = text.finish()

@@ -47,6 +47,10 @@ class MissingDependencyError(FlashBackError, ImportError):
     """An optional back-end whose package is not installed; the message says what to install."""
 
 
+class BackendError(FlashBackError):
+    """The model backend failed: a vLLM server that is down or died, a request it refused."""
+
+
 # Operating-system errors a user causes (a full disk, a read-only folder, a folder where a file goes),
 # told in one line by the command line; any other OSError is a bug and keeps its traceback.
 _OS_REASONS = {

@@ -55,6 +55,16 @@ class GenerationStats:
     retrieval_seconds: float = 0.0
     model_seconds: float = 0.0
     total_seconds: float = 0.0
+    # one entry per segment (a request on vLLM): the context length sent, and how much of it came from
+    # the cache (the kept prefix here; vLLM's prefix cache, rounded down to its block size, there)
+    request_prompt_tokens: list[int] = field(default_factory=list)
+    request_cached_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def cached_fraction(self) -> float:
+        """The share of all context tokens sent that were served from the cache."""
+        sent = sum(self.request_prompt_tokens)
+        return sum(self.request_cached_tokens) / sent if sent else 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -63,6 +73,7 @@ class GenerationStats:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["tokens_per_second"] = self.tokens_per_second
+        data["cached_fraction"] = self.cached_fraction
         return data
 
 

@@ -18,6 +18,7 @@ PYTHON=${PYTHON:-python}
 STEPS=${STEPS:-30}
 POINTS=${POINTS:-600}
 BATCH=${BATCH:-4}
+ECHO=${ECHO:-16}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 MODEL=smollm2-135m
 mkdir -p "$WORK/corpus"
@@ -45,11 +46,11 @@ $FLASHBACK index build --input "$WORK/corpus/copy-train.jsonl" --out "$WORK/inde
 # 3. packed windows: 256 positions, retrieval every 16 tokens from 64 tokens into a window, passages of up
 #    to 80 tokens (the chunk and its title line), room for the 16-token echo
 PREP="--model $MODEL --input $WORK/corpus/train.jsonl --validation-fraction 0 --stride 16 --query-tokens 32
-      --doc-tokens 80 --max-positions 256 --echo-tokens 16 --min-prefix 64 --seed 42 --quiet"
+      --doc-tokens 80 --max-positions 256 --echo-tokens $ECHO --min-prefix 64 --seed 42 --quiet"
 $FLASHBACK prepare $PREP --index "$WORK/index-related" --out "$WORK/data-related" --max-examples $((POINTS / 2))
 $FLASHBACK prepare $PREP --index "$WORK/index-copy" --out "$WORK/data-copy" --max-examples $((POINTS - POINTS / 2))
 # 4. LoRA + markers on the append + echo layout, both regimes mixed, BATCH packed windows a step
 $FLASHBACK train --model $MODEL --data "$WORK/data-related" "$WORK/data-copy" --out "$OUT" \
-    --pattern append --markers --echo-tokens 16 --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
+    --pattern append --markers --echo-tokens $ECHO --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
     --warmup-ratio 0.1 --logging-steps $(( STEPS >= 10 ? STEPS / 10 : 1 )) --seed 42 --report-to none --quiet
 echo "adapter written to $OUT"

@@ -131,10 +131,9 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..adapters import export_merged
 
-    if not args.merge:
-        raise FlashBackError("only --merge export is supported: it writes a plain Hugging Face model folder")
-    out = export_merged(args.model, args.adapter, args.out, device=args.device)
-    print(f"merged model written to {out}")
+    out = export_merged(args.model, args.adapter, args.out, device=args.device, markers=args.markers)
+    print(f"model written to {out} (serve it with: vllm serve {out} --enable-prefix-caching "
+          "--enable-prompt-tokens-details)")
     return 0
 
 
@@ -249,10 +248,14 @@ def add_commands(subparsers) -> None:
     ppl.add_argument("--quiet", action="store_true")
     ppl.set_defaults(func=_cmd_eval_ppl)
 
-    ex = subparsers.add_parser("export", help="write a merged full model from an adapter")
-    ex.add_argument("--model", required=True, help="the adapter's base model")
-    ex.add_argument("--adapter", required=True)
+    ex = subparsers.add_parser("export", help="write a plain model folder (LoRA and marker rows merged) that "
+                                              "vLLM or any HF loader serves as is")
+    ex.add_argument("--model", required=True,
+                    help="a shipped FlashBack model (smollm2-135m-flashback), or the adapter's base model")
+    ex.add_argument("--adapter", default=None, help="a `flashback train` folder to merge in")
     ex.add_argument("--out", required=True)
-    ex.add_argument("--merge", action="store_true", help="merge LoRA and the marker rows into the weights")
+    ex.add_argument("--merge", action="store_true", help="accepted for compatibility: exports always merge")
+    ex.add_argument("--markers", action=argparse.BooleanOptionalAction, default=None,
+                    help="add the marker tokens (default: when the model's settings use them)")
     ex.add_argument("--device", default="cpu")
     ex.set_defaults(func=_cmd_export)

@@ -1,0 +1,59 @@
+"""Building FlashBack engines on vLLM: a model folder vLLM can load, the tokenizer, the settings.
+
+vLLM loads plain Hugging Face folders. A shipped FlashBack model or a ``.gguf`` alias is exported once
+(LoRA and marker rows merged, the markers in the vocabulary) into the flashback cache; a folder with a
+``flashback.json`` (what ``flashback export`` writes) brings its settings.
+
+    >>> from flashback_rag.serving import served_settings
+    >>> served_settings(None) is None
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import FlashBackConfig
+from .errors import ConfigError
+
+
+def served_settings(folder: str | os.PathLike | None) -> FlashBackConfig | None:
+    """The FlashBack settings recorded in a served model folder, if it is local and has them."""
+    from .adapters import META_FILE, adapter_config
+
+    if folder is None or not (Path(folder) / META_FILE).is_file():
+        return None
+    return adapter_config(folder)
+
+
+def vllm_folder(name_or_path: str, adapter: str | os.PathLike | None = None) -> Path:
+    """A folder vLLM can load for ``name_or_path``: itself when it is one (and no adapter is given),
+    else an export (merged, markers added when the settings use them) cached under the flashback cache."""
+    import hashlib
+
+    from .adapters import export_merged
+    from .io_utils import cache_root
+
+    path = Path(str(name_or_path)).expanduser()
+    if adapter is None and (path / "config.json").is_file():
+        return path
+    key = hashlib.sha256(f"{name_or_path}|{adapter and Path(adapter).resolve()}".encode()).hexdigest()[:10]
+    out = cache_root() / "vllm" / f"{Path(str(name_or_path)).name}-{key}"
+    if not (out / "config.json").is_file():
+        export_merged(str(name_or_path), adapter, out)
+    return out
+
+
+def load_tokenizer(tokenizer: Any, fallback: str | os.PathLike | None):
+    """A tokenizer object as is; a name or folder loaded with transformers; None: the fallback folder."""
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    source = tokenizer if tokenizer is not None else fallback
+    if source is None:
+        raise ConfigError("give tokenizer= (the served model's tokenizer: a folder or a hub id); the server "
+                          "does not say where its model lives")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(source))
