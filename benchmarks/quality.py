@@ -209,7 +209,7 @@ def run(args) -> dict:
                   "trained": row.trained, "echo_tokens": echo}
         if row.key in args.use_adapter:
             adapter = Path(args.use_adapter[row.key])
-            check_reused(adapter, row, args)
+            record.update(check_reused(adapter, row, args))
             model, tok = load_model(args.model, device="cpu", adapter=adapter)
             metrics = json.loads((adapter / "metrics.json").read_text()) if (adapter / "metrics.json").is_file() else {}
             record.update(train_seconds=metrics.get("train_runtime"), train_windows=metrics.get("train_examples"),
@@ -224,6 +224,7 @@ def run(args) -> dict:
                               warmup_ratio=0.1, logging_steps=max(1, args.steps // 10), device="cpu",
                               seed=args.seed, report_to="none")
             model, tok, metrics = train(cfg, show_progress=False)
+            record.update(steps=args.steps, batch_size=args.batch_size)
             record["train_seconds"] = metrics["train_runtime"]
             record["train_windows"] = metrics["train_examples"]
             record["train_loss"] = [round(h["loss"], 4) for h in metrics["log_history"] if "loss" in h]
@@ -264,15 +265,16 @@ def run(args) -> dict:
             "total_seconds": time.perf_counter() - t0, "rows": report_rows}
 
 
-def check_reused(adapter: Path, row: Row, args) -> None:
-    """An adapter given with --use-adapter must have been trained exactly as this row would be."""
+def check_reused(adapter: Path, row: Row, args) -> dict:
+    """An adapter given with --use-adapter must have been trained as this row would be: the same layout,
+    data settings and optimiser. Its budget (steps x batch) may differ; it is returned and shown."""
     from flashback_rag.training.adapters import read_meta
 
     training = read_meta(adapter).get("training", {})
     prepared = training.get("prepared", {})
     want = {"pattern": row.pattern, "markers": row.markers, "echo_tokens": row.echo_tokens(args.echo_tokens),
             "learning_rate": args.learning_rate, "marker_lr": args.marker_lr, "marker_init": args.marker_init,
-            "max_steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "model": args.model}
+            "seed": args.seed, "model": args.model}
     want_prepared = {"stride": args.stride, "query_tokens": args.query_tokens, "doc_tokens": args.doc_tokens,
                      "max_positions": args.max_positions, "echo_tokens": args.echo_tokens,
                      "min_prefix": args.min_prefix, "seed": args.seed}
@@ -281,6 +283,7 @@ def check_reused(adapter: Path, row: Row, args) -> None:
               if prepared.get(k) != v]
     if wrong:
         raise SystemExit(f"quality: {adapter} was not trained as row {row.key}: {'; '.join(wrong)}")
+    return {"steps": training.get("max_steps"), "batch_size": training.get("batch_size")}
 
 
 def log(message: str) -> None:
@@ -297,6 +300,14 @@ def _ratio(row, ref) -> str:
     if r is None or row["key"] == ref:
         return "1" if row["key"] == ref else "-"
     return f"{r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]"
+
+
+def _label(row: dict, settings: dict) -> str:
+    """The row's label, with its training budget when it is not the table's."""
+    steps, batch = row.get("steps"), row.get("batch_size")
+    if row.get("trained") and steps and (steps, batch) != (settings["steps"], settings["batch_size"]):
+        return f"{row['label']} [{steps} x {batch} windows]"
+    return row["label"]
 
 
 def markdown(report: dict) -> str:
@@ -327,7 +338,7 @@ def markdown(report: dict) -> str:
                   "loss at +0 / +1 / last |", "|---|---|---|---|---|"]
         for r in rows:
             pos = r["nll_by_position"]
-            lines.append(f"| {r['label']} | {r['ppl']:.3f} {_ci(r['ppl_ci'])} | {_ratio(r, CONTROL)} | "
+            lines.append(f"| {_label(r, s)} | {r['ppl']:.3f} {_ci(r['ppl_ci'])} | {_ratio(r, CONTROL)} | "
                          f"{_ratio(r, UPPER)} | {pos[0]:.2f} / {pos[1]:.2f} / {pos[-1]:.2f} |")
         lines.append("")
     lines += ["Perplexity of the target tokens only (marker logits masked); all rows of a regime score the same "
@@ -347,7 +358,7 @@ def markdown(report: dict) -> str:
     if trained:
         lines += ["Training (logged loss, first -> last tenth of the steps; seconds):", ""]
         for r in trained:
-            lines.append(f"- {r['label']}: {r['train_loss'][0]:.3f} -> {r['train_loss'][-1]:.3f}, "
+            lines.append(f"- {_label(r, report['settings'])}: {r['train_loss'][0]:.3f} -> {r['train_loss'][-1]:.3f}, "
                          f"{r['train_windows']} windows, {r['train_seconds']:.0f} s")
         lines.append("")
     return "\n".join(lines)

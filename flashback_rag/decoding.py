@@ -247,12 +247,14 @@ class FlashBack:
             return [self.generate(p, max_new_tokens, **kwargs) for p in prompts]
         from concurrent.futures import ThreadPoolExecutor
 
-        def one(prompt):
-            return self.generate(prompt, max_new_tokens, **kwargs)
+        def one(context: contextvars.Context, prompt):
+            # the caller's context goes along (framework callbacks live in context variables); each
+            # sequence needs its own copy, since a context can be entered by one thread at a time
+            return context.run(self.generate, prompt, max_new_tokens, **kwargs)
 
         with ThreadPoolExecutor(max_workers=min(len(prompts), max_concurrency),
                                 thread_name_prefix="flashback-seq") as pool:
-            return list(pool.map(contextvars.copy_context().run, [one] * len(prompts), prompts))
+            return list(pool.map(one, [contextvars.copy_context() for _ in prompts], prompts))
 
     async def agenerate(self, prompt: str | Sequence[int], max_new_tokens: int = 128,
                         **kwargs: Any) -> GenerationResult:

@@ -40,3 +40,4 @@ def pydoc_topics_jsonl(tmp_path_factory):
     docs = {d.title: d.text for d in pydoc_topic_documents()}
     path.write_text("".join(json.dumps({"title": t, "text": docs[t]}) + "\n" for t in PYDOC_TOPICS))
     return path
+

@@ -33,6 +33,8 @@ from .vllm_common import check_supported, finish_tokens, record_request, request
 
 # Network failures that mean "the server is down, or died while answering".
 _NETWORK_ERRORS = (ConnectionError, http.client.HTTPException, socket.timeout, TimeoutError, OSError)
+# What a kept-alive connection the server closed while idle (uvicorn: after 5 s) gives on its next use.
+_STALE_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class VLLMServerBackend:
@@ -161,18 +163,25 @@ class ServerSession:
 
     def _post(self, payload: str) -> http.client.HTTPResponse:
         b = self.backend
-        for attempt in (0, 1):      # a kept-alive connection the server closed meanwhile: one fresh retry
+        for attempt in (0, 1):
             fresh = self.conn is None
             if fresh:
                 self.conn = b.connect()
             try:
                 self.conn.request("POST", f"{b.base_path}/completions", body=payload, headers=b.headers())
-                response = self.conn.getresponse()
             except _NETWORK_ERRORS as err:
                 self._drop()
                 if fresh or attempt:
-                    raise b.unreachable(err, "is not reachable" if fresh else "closed the connection") from None
-                continue
+                    raise b.unreachable(err, "is not reachable") from None
+                continue      # a kept-alive connection the server closed meanwhile: one fresh retry
+            try:
+                response = self.conn.getresponse()
+            except _NETWORK_ERRORS as err:
+                self._drop()
+                if not fresh and not attempt and isinstance(err, _STALE_ERRORS):
+                    continue  # the server had closed the idle kept-alive connection: it read nothing
+                # Otherwise it may be working on the request: never send it twice; one clear error.
+                raise b.unreachable(err, "did not answer a request") from None
             if response.status != 200:
                 detail = response.read().decode("utf-8", "replace")
                 try:
@@ -202,6 +211,9 @@ def _events(response: http.client.HTTPResponse, backend: VLLMServerBackend) -> I
                 continue
             data = line[5:].strip()
             if data == b"[DONE]":
+                # read the chunked stream to its end, so the kept-alive connection can carry the next
+                # request (an unread response makes http.client refuse it after sending)
+                response.read()
                 return
             event = json.loads(data)
             if "error" in event:

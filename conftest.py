@@ -1,0 +1,50 @@
+"""Fixtures every test folder shares (tests/ and integrations/): the one real vLLM server of a run."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+# ----------------------------------------------------------------------------- vLLM
+def find_vllm_python():
+    """The vLLM environment's interpreter: `make test` builds .venv-vllm and sets FLASHBACK_VLLM_PYTHON."""
+    python = os.environ.get("FLASHBACK_VLLM_PYTHON")
+    if python:
+        if not Path(python).exists():
+            raise RuntimeError(f"FLASHBACK_VLLM_PYTHON={python} does not exist (run `make vllm`)")
+        return python
+    local = Path(__file__).parent / ".venv-vllm" / "bin" / "python"
+    if local.exists():
+        return str(local)
+    pytest.skip("no vLLM environment: `make vllm` builds .venv-vllm (make test does it and runs these)")
+
+
+VLLM_MODEL = "smollm2-135m-flashback"
+
+
+@pytest.fixture(scope="session")
+def vllm_python():
+    return find_vllm_python()
+
+
+@pytest.fixture(scope="session")
+def vllm_model_folder():
+    """The shipped FlashBack model exported as a plain folder (markers in the vocabulary), cached."""
+    from flashback_rag.serving import vllm_folder
+
+    return vllm_folder(VLLM_MODEL)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_model_folder, vllm_python):
+    """One real `vllm serve` on 127.0.0.1 for the whole session (fp32, prefix caching, 32-token blocks)."""
+    from flashback_rag.backends.vllm_launch import VLLMServer
+
+    server = VLLMServer(vllm_model_folder, python=vllm_python, name=VLLM_MODEL, dtype="float32",
+                        block_size=32, max_model_len=2048, enforce_eager=True,
+                        env={"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                             "OMP_NUM_THREADS": os.environ.get("FLASHBACK_VLLM_THREADS", "2")})
+    server.start()
+    yield server
+    server.stop()

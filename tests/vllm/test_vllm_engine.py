@@ -1,0 +1,42 @@
+"""The in-process vLLM backend (`backend="vllm"`), run in the vLLM environment, against transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import HashRetriever
+
+from flashback_rag import FlashBack
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = ["The with statement is used to wrap the execution of a block with methods defined by a",
+           "Python's for statement iterates over the items of any sequence, such as a list or a"]
+
+
+@pytest.fixture(scope="module")
+def engine_run(vllm_model_folder, vllm_python):
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": os.environ.get("FLASHBACK_VLLM_THREADS", "2")}
+    done = subprocess.run([vllm_python, str(HERE / "engine_check.py"), str(vllm_model_folder), "32", *PROMPTS],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_in_process_engine_equals_transformers_and_batches(engine_run):
+    reference = FlashBack.from_pretrained("smollm2-135m-flashback", retriever=HashRetriever())
+    assert engine_run["backend"] == "vllm"
+    assert engine_run["config"] == reference.config.to_dict()
+    want = [reference.generate(p, 32, ignore_eos=True).token_ids for p in PROMPTS]
+    assert engine_run["single"] == want
+    assert engine_run["batch"] == want          # all in flight at once: the same tokens
+    for cached, points in zip(engine_run["cached"], engine_run["points"]):
+        assert cached[1:] == [p // 32 * 32 for p in points[:-1]]
