@@ -1,7 +1,9 @@
 """What the LlamaIndex and LangChain integrations share, so both packages stay thin.
 
 - :func:`build_engine`: one constructor for both ``FlashBackLLM`` classes (``model``, ``adapter``,
-  ``retriever``, ``config`` or its fields as keywords);
+  ``retriever``, ``config`` or its fields as keywords, or ``server`` for a running ``vllm serve``);
+- :func:`recorded_source`: what an integration records about its engine (model, server, tokenizer)
+  so that ``to_dict`` / ``from_dict`` rebuild the same kind of engine;
 - :func:`with_first_block`: a per-call view of an engine whose first passage block is given (the
   nodes a query engine already retrieved) and whose later blocks come from its own retriever;
 - :func:`aiter_in_thread`: async streaming that keeps a whole generation in one thread;
@@ -70,7 +72,8 @@ def resolve_config(config: FlashBackConfig | dict[str, Any] | None = None,
 
 def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retriever: Any = None,
                  config: FlashBackConfig | dict[str, Any] | None = None, device: str | None = None,
-                 dtype: str | None = None, **config_fields: Any) -> FlashBack:
+                 dtype: str | None = None, server: str | None = None, tokenizer: Any = None,
+                 **config_fields: Any) -> FlashBack:
     """The engine behind a ``FlashBackLLM``.
 
     model:     an alias, folder, .gguf file or hub id; or a ready :class:`FlashBack` (shared as is
@@ -78,11 +81,21 @@ def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retrie
     adapter:   a FlashBack adapter folder, loaded onto a model given by name.
     retriever: a flashback-rag retriever or an index folder path (framework retrievers are wrapped by
                the integration packages before they get here).
+    server:    the URL (``http://HOST:PORT/v1``) of a running ``vllm serve`` to drive instead of a
+               model in this process (:meth:`FlashBack.from_server`); ``model`` is then the served
+               model's name (default: the server's first) and ``tokenizer`` its tokenizer (a folder or
+               hub id), needed only when the folder the server loaded is not on this machine.
     """
     if isinstance(retriever, (str, os.PathLike)):
         from .retrievers import load_index
 
         retriever = load_index(retriever)
+    if server is not None:
+        return _served_engine(server, model, tokenizer, adapter, retriever, config, device, dtype,
+                              config_fields)
+    if tokenizer is not None:
+        raise ConfigError("tokenizer= goes with server= (the served model's tokenizer); a model loaded "
+                          "here brings its own")
     if isinstance(model, FlashBack):
         if adapter is not None:
             raise ConfigError("adapter= applies when model is a name or path; this FlashBack engine "
@@ -90,8 +103,8 @@ def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retrie
         if retriever is None and config is None and not config_fields:
             return model
         cfg = resolve_config(config if config is not None else model.config, **config_fields)
-        return FlashBack(model.model, model.tokenizer,
-                         retriever if retriever is not None else model.retriever, cfg)
+        return FlashBack(model.model, model.tokenizer,        # the same backend: a served one stays served
+                         retriever if retriever is not None else model.retriever, cfg, backend=model.backend)
     if isinstance(model, tuple) and len(model) == 2:
         if adapter is not None:
             raise ConfigError("adapter= applies when model is a name or path, not a (model, tokenizer) pair")
@@ -108,6 +121,53 @@ def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retrie
     return FlashBack.from_pretrained(str(model), retriever=retriever, config=config, device=device,
                                      dtype=dtype, adapter=None if adapter is None else str(adapter),
                                      **config_fields)
+
+
+def _served_engine(server: str, model: Any, tokenizer: Any, adapter: Any, retriever: Any, config: Any,
+                   device: Any, dtype: Any, fields: dict[str, Any]) -> FlashBack:
+    """``build_engine`` for ``server=``: the model is the server's, so only its name may be given."""
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"with server= the model is the one the server loaded: model= is its served name "
+                          f"(or leave it out), not a {type(model).__name__}")
+    if adapter is not None:
+        raise ConfigError("adapter= cannot be loaded onto a served model: merge it into a folder with "
+                          "`flashback export --model MODEL --adapter ADAPTER --out FOLDER` and serve that folder")
+    if device is not None or dtype is not None:
+        raise ConfigError("device= and dtype= belong to the server with server=: set them on `vllm serve` "
+                          "(--dtype, --device)")
+    resolve_config(config, **fields)                    # a bad setting fails before any request
+    if isinstance(config, dict):
+        config = FlashBackConfig.from_dict(config)
+    # None config: the served folder's flashback.json (what `flashback export` writes) gives the settings
+    return FlashBack.from_server(server, tokenizer=tokenizer, retriever=retriever, config=config,
+                                 model=model, **fields)
+
+
+def recorded_source(model: Any, engine: FlashBack, tokenizer: Any = None) -> dict[str, str | None]:
+    """``model``, ``server`` and ``tokenizer`` as an integration records them for ``engine``.
+
+    ``from_dict`` rebuilds from these: a name or path for a model in this process, or the served
+    model's name, the server's URL and (when known) the tokenizer's folder for an engine that drives a
+    ``vllm serve``. An engine or model object given as ``model`` is recorded by its name or path.
+
+        >>> from flashback_rag.frameworks import build_engine, recorded_source
+        >>> fb = build_engine("tiny-random-llama", pattern="none")
+        >>> recorded_source("tiny-random-llama", fb)
+        {'model': 'tiny-random-llama', 'server': None, 'tokenizer': None}
+    """
+    backend = engine.backend
+    server = getattr(backend, "base_url", None) if backend.name == "vllm-server" else None
+    if isinstance(model, (str, os.PathLike)):
+        name = str(model)
+    elif engine.model is None:            # a vLLM backend: the served name, or the folder it loaded
+        name = str(getattr(backend, "model", "") or backend.model_type)
+    else:
+        name = getattr(engine.model.config, "name_or_path", "") or engine.model.config.model_type
+    if server is None:
+        tokenizer = None
+    elif not isinstance(tokenizer, (str, os.PathLike)):    # where the engine's tokenizer came from
+        tokenizer = getattr(engine.tokenizer, "name_or_path", None) or None
+    return {"model": name, "server": server, "tokenizer": None if tokenizer is None else str(tokenizer)}
 
 
 class FirstBlockRetriever:
@@ -304,5 +364,6 @@ async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIter
 
 
 __all__ = ["CALL_OPTIONS", "FirstBlockRetriever", "aiter_in_thread", "build_engine", "call_settings",
-           "check_keywords", "framework_of", "from_generate_kwargs", "refuse_foreign_retriever",
-           "report_slides", "resolve_config", "result_summary", "split_config_fields", "with_first_block"]
+           "check_keywords", "framework_of", "from_generate_kwargs", "recorded_source",
+           "refuse_foreign_retriever", "report_slides", "resolve_config", "result_summary",
+           "split_config_fields", "with_first_block"]

@@ -11,11 +11,14 @@
 
 Tokenizers without a chat template (the tiny random models) get ``role: content`` lines and a final
 ``assistant:``.
+
+``batch`` invokes every conversation in a thread of its own; on a vLLM backend (``server=...``) all of
+them are in flight at once unless the config's ``max_concurrency`` says otherwise (LangChain's default
+pool holds a few threads per core), and vLLM batches their requests.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Dict, List, Optional
 
@@ -23,10 +26,17 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list
 
+from flashback_rag import GenerationResult
 from flashback_rag.frameworks import aiter_in_thread, result_summary
 
 from .llms import FlashBackEngineMixin
+
+# Threads one batch() keeps in flight on a vLLM backend when the config does not set max_concurrency
+# (FlashBack.generate_batch's default).
+MAX_IN_FLIGHT = 64
 
 ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
 
@@ -52,17 +62,31 @@ class ChatFlashBack(FlashBackEngineMixin, BaseChatModel):
     def _identifying_params(self) -> Dict[str, Any]:
         return self._params()
 
+    def batch(self, inputs: List[Any], config: RunnableConfig | List[RunnableConfig] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> List[BaseMessage]:
+        """LangChain's ``batch`` (one thread per input); on a vLLM backend every input in flight at once."""
+        if inputs and self._engine.backend.concurrent:
+            configs = get_config_list(config, len(inputs))
+            if configs[0].get("max_concurrency") is None:
+                config = [{**c, "max_concurrency": min(len(inputs), MAX_IN_FLIGHT)} for c in configs]
+        return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
     def _generate(self, messages: List[BaseMessage], stop: Optional[List[str]] = None,
                   run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> ChatResult:
-        result = self._run(messages_to_prompt(self._engine.tokenizer, messages), stop, kwargs)
-        info = result_summary(result)
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=result.text),
-                                                      generation_info=info)])
+        return self._chat_result(self._run(messages_to_prompt(self._engine.tokenizer, messages), stop, kwargs))
 
     async def _agenerate(self, messages: List[BaseMessage], stop: Optional[List[str]] = None,
                          run_manager: Optional[AsyncCallbackManagerForLLMRun] = None,
                          **kwargs: Any) -> ChatResult:
-        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+        prompt = messages_to_prompt(self._engine.tokenizer, messages)
+        result = await self._engine.agenerate(prompt, **self._settings(stop, kwargs))
+        self._finished([result])
+        return self._chat_result(result)
+
+    @staticmethod
+    def _chat_result(result: GenerationResult) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=result.text),
+                                                      generation_info=result_summary(result))])
 
     def _stream(self, messages: List[BaseMessage], stop: Optional[List[str]] = None,
                 run_manager: Optional[CallbackManagerForLLMRun] = None,

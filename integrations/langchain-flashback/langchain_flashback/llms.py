@@ -22,6 +22,12 @@ Concurrency: each call keeps its own state, so one FlashBackLLM serves ``batch``
 tasks at once (async calls run each generation in one worker thread); they share the weights
 read-only. ``last_result`` is the most recent call to finish; with concurrent calls read the
 ``generation_info`` of each generation instead.
+
+Serving at scale: ``FlashBackLLM(server="http://HOST:PORT/v1", retriever=...)`` drives a running
+``vllm serve`` of a folder ``flashback export`` wrote (its settings come from that folder). There
+``batch`` / ``abatch`` keep every prompt in flight at once (``FlashBack.generate_batch``) and vLLM
+batches their requests, each sequence re-retrieving on its own schedule; on transformers they run one
+after another, as before.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from flashback_rag.frameworks import (
     call_settings,
     check_keywords,
     from_generate_kwargs,
+    recorded_source,
     refuse_foreign_retriever,
     report_slides,
     result_summary,
@@ -66,6 +73,8 @@ class FlashBackEngineMixin(BaseModel):
 
     model: str
     adapter: Optional[str] = None
+    server: Optional[str] = None
+    tokenizer: Optional[str] = None
     retriever: Any = Field(default=None, exclude=True)
     config: Any = Field(default=None)
     max_new_tokens: int = Field(default=256, gt=0)
@@ -91,30 +100,28 @@ class FlashBackEngineMixin(BaseModel):
     def __init__(self, model: Any = None, *, adapter: Optional[str | os.PathLike] = None,
                  retriever: Any = None, config: FlashBackConfig | Dict[str, Any] | None = None,
                  max_new_tokens: int = 256, device: Optional[str] = None, dtype: Optional[str] = None,
-                 **kwargs: Any) -> None:
-        engine, name, rest = self._build(model, adapter, retriever, config, device, dtype, kwargs)
+                 server: Optional[str] = None, tokenizer: Any = None, **kwargs: Any) -> None:
+        engine, source, rest = self._build(model, adapter, retriever, config, device, dtype, server,
+                                           tokenizer, kwargs)
         check_keywords(rest, [*type(self).model_fields, *config_fields()], f"{type(self).__name__}()")
         from_generate_kwargs(rest.get("generate_kwargs"))             # a bad option fails now, not per call
-        super().__init__(model=name, adapter=None if adapter is None else str(adapter), retriever=retriever,
+        super().__init__(**source, adapter=None if adapter is None else str(adapter), retriever=retriever,
                          config=engine.config, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
                          **rest)
         self._engine = engine
 
     @staticmethod
-    def _build(model: Any, adapter: Any, retriever: Any, config: Any, device: Any, dtype: Any,
-               kwargs: Dict[str, Any]) -> tuple[FlashBack, str, Dict[str, Any]]:
+    def _build(model: Any, adapter: Any, retriever: Any, config: Any, device: Any, dtype: Any, server: Any,
+               tokenizer: Any, kwargs: Dict[str, Any]) -> tuple[FlashBack, Dict[str, Any], Dict[str, Any]]:
         fields, rest = split_config_fields(kwargs)
         refuse_foreign_retriever(retriever, "langchain")
-        if model is None:
+        if model is None and server is None:
             raise TypeError("FlashBackLLM needs model= (an alias such as smollm2-135m, a folder, a .gguf "
-                            "file, a hub id, or a FlashBack engine)")
+                            "file, a hub id, or a FlashBack engine) or server= (a running vllm serve's URL)")
         engine = build_engine(model, adapter=adapter, retriever=as_flashback_retriever(retriever),
-                              config=config, device=device, dtype=dtype, **fields)
-        if isinstance(model, (str, os.PathLike)):
-            name = str(model)
-        else:
-            name = getattr(engine.model.config, "name_or_path", "") or engine.model.config.model_type
-        return engine, name, rest
+                              config=config, device=device, dtype=dtype, server=server, tokenizer=tokenizer,
+                              **fields)
+        return engine, recorded_source(model, engine, tokenizer), rest
 
     @property
     def engine(self) -> FlashBack:
@@ -175,9 +182,14 @@ class FlashBackEngineMixin(BaseModel):
 
     def _run(self, prompt: str, stop: Optional[List[str]], kwargs: Dict[str, Any]) -> GenerationResult:
         result = self._engine.generate(prompt, **self._settings(stop, kwargs))
-        self._last_result = result
-        report_slides(result, self._engine.max_context)
+        self._finished([result])
         return result
+
+    def _finished(self, results: List[GenerationResult]) -> None:
+        for result in results:
+            report_slides(result, self._engine.max_context)
+        if results:
+            self._last_result = results[-1]
 
     def _deltas(self, prompt: str, stop: Optional[List[str]], kwargs: Dict[str, Any]
                 ) -> Iterator[tuple[str, Optional[GenerationResult]]]:
@@ -191,7 +203,7 @@ class FlashBackEngineMixin(BaseModel):
 
     def _params(self) -> Dict[str, Any]:
         cfg = self._engine.config
-        return {"model": self.model, "adapter": self.adapter, "pattern": cfg.pattern,
+        return {"model": self.model, "adapter": self.adapter, "server": self.server, "pattern": cfg.pattern,
                 "markers": cfg.markers, "stride": cfg.stride, "query_tokens": cfg.query_tokens,
                 "doc_tokens": cfg.doc_tokens, "top_k": cfg.top_k, "max_new_tokens": self.max_new_tokens,
                 "temperature": self.temperature, "top_p": self.top_p, "sample_top_k": self.sample_top_k,
@@ -203,8 +215,12 @@ class FlashBackLLM(FlashBackEngineMixin, LLM):
 
     Args:
         model: alias (``smollm2-135m``, ``tiny-random-llama``), folder, .gguf file or hub id; or a
-            ready ``FlashBack`` engine, or a ``(model, tokenizer)`` pair.
+            ready ``FlashBack`` engine (``FlashBack.from_server(...)`` too), or a ``(model, tokenizer)``
+            pair. With ``server``: the served model's name (default: the server's first).
         adapter: a FlashBack adapter (LoRA + marker embeddings) to load onto ``model``.
+        server: the URL of a running ``vllm serve`` (``http://HOST:PORT/v1``) to drive instead of a
+            model in this process; ``tokenizer``: its tokenizer (folder or hub id) when the folder the
+            server loaded is not on this machine.
         retriever: what to re-retrieve from while decoding (see the module docstring).
         config: a ``FlashBackConfig``; its fields may also be given as keywords (``pattern``,
             ``stride``, ``query_tokens``, ``doc_tokens``, ``top_k`` = passages per retrieval...).
@@ -231,17 +247,22 @@ class FlashBackLLM(FlashBackEngineMixin, LLM):
 
     def _generate(self, prompts: List[str], stop: Optional[List[str]] = None,
                   run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> LLMResult:
-        # As LLM._generate, plus the retrieval log in generation_info.
-        generations = []
-        for prompt in prompts:
-            result = self._run(prompt, stop, kwargs)
-            generations.append([Generation(text=result.text, generation_info=result_summary(result))])
-        return LLMResult(generations=generations)
+        # batch() hands every prompt here in one call: generate_batch keeps them all in flight on a vLLM
+        # backend (vLLM batches their requests) and runs them one after another on transformers.
+        results = self._engine.generate_batch(prompts, **self._settings(stop, kwargs))
+        return self._llm_result(results)
 
     async def _agenerate(self, prompts: List[str], stop: Optional[List[str]] = None,
                          run_manager: Optional[AsyncCallbackManagerForLLMRun] = None,
                          **kwargs: Any) -> LLMResult:
-        return await asyncio.to_thread(self._generate, prompts, stop, None, **kwargs)
+        results = await self._engine.agenerate_batch(prompts, **self._settings(stop, kwargs))
+        return self._llm_result(results)
+
+    def _llm_result(self, results: List[GenerationResult]) -> LLMResult:
+        # As LLM._generate's, plus the retrieval log in generation_info.
+        self._finished(results)
+        return LLMResult(generations=[[Generation(text=r.text, generation_info=result_summary(r))]
+                                      for r in results])
 
     def _stream(self, prompt: str, stop: Optional[List[str]] = None,
                 run_manager: Optional[CallbackManagerForLLMRun] = None,

@@ -16,13 +16,18 @@ passages after the running text (``pattern="append"``, FlashBack), or prepends t
 
 Concurrency: each call keeps its own state (KV cache, sampler, text), so one FlashBackLLM serves
 several threads or asyncio tasks at once (async calls run the generation in a worker thread, one
-thread per generation); they share the model's weights read-only. ``last_result`` is simply the
-most recent call to finish; with concurrent calls read each response's ``raw`` instead.
+thread per generation, and never block the event loop); they share the model's weights read-only.
+``last_result`` is simply the most recent call to finish; with concurrent calls read each
+response's ``raw`` instead.
+
+Serving at scale: ``FlashBackLLM(server="http://HOST:PORT/v1", retriever=...)`` drives a running
+``vllm serve`` of a folder ``flashback export`` wrote (its settings come from that folder). Async
+calls (``acomplete``, ``achat``, their streaming forms) gathered at once are then all in flight and
+vLLM batches their requests, each sequence re-retrieving on its own schedule.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -54,6 +59,7 @@ from flashback_rag.frameworks import (
     call_settings,
     check_keywords,
     from_generate_kwargs,
+    recorded_source,
     refuse_foreign_retriever,
     report_slides,
     result_summary,
@@ -91,8 +97,12 @@ class FlashBackLLM(CustomLLM):
 
     Args:
         model: alias (``smollm2-135m``, ``tiny-random-llama``), folder, .gguf file or hub id; or a
-            ready ``FlashBack`` engine, or a ``(model, tokenizer)`` pair.
+            ready ``FlashBack`` engine (``FlashBack.from_server(...)`` too), or a ``(model, tokenizer)``
+            pair. With ``server``: the served model's name (default: the server's first).
         adapter: a FlashBack adapter (LoRA + marker embeddings) to load onto ``model``.
+        server: the URL of a running ``vllm serve`` (``http://HOST:PORT/v1``) to drive instead of a
+            model in this process; ``tokenizer``: its tokenizer (folder or hub id) when the folder the
+            server loaded is not on this machine.
         retriever: what to re-retrieve from while decoding (see the module docstring).
         config: a ``FlashBackConfig``; its fields may also be given as keywords (``pattern``,
             ``stride``, ``query_tokens``, ``doc_tokens``, ``top_k`` = passages per retrieval...).
@@ -106,8 +116,10 @@ class FlashBackLLM(CustomLLM):
         is_chat_model: route query engines through ``chat`` (the tokenizer's chat template).
     """
 
-    model: str = Field(description="The model: alias, folder, .gguf file or hub id.")
+    model: str = Field(description="The model: alias, folder, .gguf file or hub id; with server, its name.")
     adapter: Optional[str] = Field(default=None, description="FlashBack adapter folder.")
+    server: Optional[str] = Field(default=None, description="A running vllm serve: http://HOST:PORT/v1.")
+    tokenizer: Optional[str] = Field(default=None, description="The served model's tokenizer folder or id.")
     retriever: Any = Field(default=None, exclude=True, description="Retriever used while decoding.")
     config: Any = Field(default=None, description="The FlashBackConfig in use.")
     max_new_tokens: int = Field(default=256, gt=0, description="Tokens to generate per call.")
@@ -131,24 +143,26 @@ class FlashBackLLM(CustomLLM):
     def _config_as_dict(self, config: Any) -> Optional[Dict[str, Any]]:
         return config.to_dict() if isinstance(config, FlashBackConfig) else config
 
-    def __init__(self, model: Any, *, adapter: Optional[str | os.PathLike] = None, retriever: Any = None,
-                 config: FlashBackConfig | Dict[str, Any] | None = None, max_new_tokens: int = 256,
-                 device: Optional[str] = None, dtype: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(self, model: Any = None, *, adapter: Optional[str | os.PathLike] = None,
+                 retriever: Any = None, config: FlashBackConfig | Dict[str, Any] | None = None,
+                 max_new_tokens: int = 256, device: Optional[str] = None, dtype: Optional[str] = None,
+                 server: Optional[str] = None, tokenizer: Any = None, **kwargs: Any) -> None:
         fields, rest = split_config_fields(kwargs)
         check_keywords(rest, [*type(self).model_fields, *config_fields()], "FlashBackLLM()")
         from_generate_kwargs(rest.get("generate_kwargs"))             # a bad option fails now, not per call
         refuse_foreign_retriever(retriever, "llama_index")
+        if model is None and server is None:
+            raise TypeError("FlashBackLLM needs model (an alias such as smollm2-135m, a folder, a .gguf file, "
+                            "a hub id, or a FlashBack engine) or server= (a running vllm serve's URL)")
         engine = build_engine(model, adapter=adapter, retriever=as_flashback_retriever(retriever),
-                              config=config, device=device, dtype=dtype, **fields)
-        if isinstance(model, (str, os.PathLike)):
-            name = str(model)
-        else:
-            name = getattr(engine.model.config, "name_or_path", "") or engine.model.config.model_type
+                              config=config, device=device, dtype=dtype, server=server, tokenizer=tokenizer,
+                              **fields)
         if rest.get("messages_to_prompt") is None:
             rest["messages_to_prompt"] = chat_template_prompt(engine.tokenizer)
-        super().__init__(model=name, adapter=None if adapter is None else str(adapter),
-                         retriever=retriever, config=engine.config, max_new_tokens=max_new_tokens,
-                         device=device, dtype=dtype, **rest)
+        super().__init__(**recorded_source(model, engine, tokenizer),
+                         adapter=None if adapter is None else str(adapter), retriever=retriever,
+                         config=engine.config, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
+                         **rest)
         self._engine = engine
         self._warn_small_window()
 
@@ -261,8 +275,7 @@ class FlashBackLLM(CustomLLM):
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
-        result = await asyncio.to_thread(engine.generate, prompt, **settings)
-        return self._finish(result)
+        return self._finish(await engine.agenerate(prompt, **settings))      # in a worker thread
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
