@@ -259,16 +259,31 @@ class FlashBack:
     async def agenerate(self, prompt: str | Sequence[int], max_new_tokens: int = 128,
                         **kwargs: Any) -> GenerationResult:
         """:meth:`generate` without blocking the event loop (it runs in a worker thread)."""
-        import asyncio
-
-        return await asyncio.to_thread(self.generate, prompt, max_new_tokens, **kwargs)
+        return await self._in_thread(self.generate, prompt, max_new_tokens, **kwargs)
 
     async def agenerate_batch(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 128,
                               **kwargs: Any) -> list[GenerationResult]:
         """:meth:`generate_batch` without blocking the event loop."""
-        import asyncio
+        return await self._in_thread(self.generate_batch, prompts, max_new_tokens, **kwargs)
 
-        return await asyncio.to_thread(self.generate_batch, prompts, max_new_tokens, **kwargs)
+    async def _in_thread(self, fn, *args, **kwargs):
+        """Run ``fn`` in a worker thread with the caller's context. A concurrent backend gets the engine's
+        own pool of 64 threads: the event loop's default pool (CPUs + 4 threads) would cap how many
+        gathered calls are in flight at once."""
+        import asyncio
+        import functools
+
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._async_pool() if self.backend.concurrent else None, call)
+
+    def _async_pool(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._lock:
+            if getattr(self, "_pool", None) is None:
+                self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="flashback-async")
+            return self._pool
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> tuple[list[int], int]:
         """Prompt token ids and the number of leading special tokens (a BOS) that anchor the context.
