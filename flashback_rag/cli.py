@@ -91,9 +91,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if config.retrieves and not args.index:
         raise FlashBackError(f"--pattern {config.pattern} needs --index DIR (or use --pattern none)")
     retriever = load_index(args.index, embedder=args.embedder) if args.index else None
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
-    config = config_from_args(args, getattr(model, "flashback_config", None))
-    fb = FlashBack(model, tokenizer, retriever, config)
+    if args.server:
+        # a running `vllm serve`: its folder's flashback.json gives the defaults, the flags override
+        if args.adapter:
+            raise FlashBackError("--adapter cannot apply to a served model: `flashback export --adapter` "
+                                 "merges it into a folder to serve")
+        from .serving import server_parts
+
+        backend, tokenizer, recorded = server_parts(args.server, args.tokenizer, args.served_model)
+        fb = FlashBack(None, tokenizer, retriever, config_from_args(args, recorded), backend=backend)
+    else:
+        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+        config = config_from_args(args, getattr(model, "flashback_config", None))
+        fb = FlashBack(model, tokenizer, retriever, config)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                    top_k=args.sample_top_k, seed=args.seed, stop=args.stop or None,
                    repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
@@ -169,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
     gen.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    served = gen.add_argument_group("serving (vLLM)")
+    served.add_argument("--server", default=None, metavar="URL",
+                        help="drive a running `vllm serve` (http://HOST:PORT/v1) instead of loading --model")
+    served.add_argument("--served-model", default=None, help="the served model's name (default: the server's first)")
+    served.add_argument("--tokenizer", default=None,
+                        help="the served model's tokenizer, folder or hub id (default: the folder it serves)")
     gen.set_defaults(func=_cmd_generate)
 
     index = sub.add_parser("index", help="build and query retrieval indexes")

@@ -181,20 +181,16 @@ class FlashBack:
         loaded, when it is on this machine. Settings come from that folder's ``flashback.json`` (what
         ``flashback export`` writes) unless ``config`` / keyword fields say otherwise.
         """
-        from .backends.vllm_server import VLLMServerBackend
         from .retrievers import load_index
-        from .serving import load_tokenizer, served_settings
+        from .serving import server_parts
 
-        if not url:
-            raise ConfigError("from_server needs the server's URL, e.g. http://127.0.0.1:8000/v1")
-        backend = VLLMServerBackend(url, model=model, timeout=timeout, api_key=api_key)
-        local = backend.model_path if backend.model_path and Path(backend.model_path).is_dir() else None
-        config = config or served_settings(local)
+        backend, tokenizer, recorded = server_parts(url, tokenizer, model, timeout, api_key)
+        config = config or recorded
         if config_fields:
             config = (config or FlashBackConfig()).replace(**config_fields)
         if isinstance(retriever, str):
             retriever = load_index(retriever)
-        return cls(None, load_tokenizer(tokenizer, local), retriever, config, backend=backend)
+        return cls(None, tokenizer, retriever, config, backend=backend)
 
     def __repr__(self) -> str:
         c = self.config

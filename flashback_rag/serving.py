@@ -57,3 +57,15 @@ def load_tokenizer(tokenizer: Any, fallback: str | os.PathLike | None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(source))
+
+
+def server_parts(url: str, tokenizer: Any = None, model: str | None = None, timeout: float = 120.0,
+                 api_key: str | None = None):
+    """(backend, tokenizer, recorded settings or None) for a running ``vllm serve`` at ``url``."""
+    from .backends.vllm_server import VLLMServerBackend
+
+    if not url:
+        raise ConfigError("a vLLM server needs its URL, e.g. http://127.0.0.1:8000/v1")
+    backend = VLLMServerBackend(url, model=model, timeout=timeout, api_key=api_key)
+    local = backend.model_path if backend.model_path and Path(backend.model_path).is_dir() else None
+    return backend, load_tokenizer(tokenizer, local), served_settings(local)

@@ -209,3 +209,23 @@ def test_a_server_that_is_down_is_one_clear_error_at_once():
 def test_unknown_model_name_is_refused(vllm_server):
     with pytest.raises(BackendError, match="does not serve 'llama-70b'"):
         FlashBack.from_server(vllm_server.url, model="llama-70b", retriever=HashRetriever())
+
+
+def test_the_command_line_drives_a_server(vllm_server, served, capsys, tmp_path):
+    from flashback_rag.cli import main
+
+    assert main(["generate", "The capital of France is", "--server", vllm_server.url, "--pattern", "none",
+                 "--max-new-tokens", "12", "--json"]) == 0
+    out = capsys.readouterr().out
+    import json
+
+    result = json.loads(out)
+    want = FlashBack(None, served.tokenizer, None, served.config.replace(pattern="none"), backend=served.backend)
+    assert result["token_ids"] == want.generate("The capital of France is", 12).token_ids
+    assert result["stats"]["request_prompt_tokens"] and "cached_fraction" in result["stats"]
+
+    from flashback_rag.backends.vllm_launch import free_port
+
+    assert main(["generate", "hi", "--server", f"http://127.0.0.1:{free_port()}/v1", "--pattern", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flashback: error:") and "not reachable" in err and "Traceback" not in err
