@@ -82,7 +82,8 @@ class VLLMEngineBackend:
 
     @property
     def max_context(self) -> int | None:
-        return self._max_context
+        # vLLM counts the last sampled token against max_model_len too (the loop counts what is read)
+        return self._max_context - 1
 
     @property
     def model_type(self) -> str:

@@ -66,7 +66,8 @@ class VLLMServerBackend:
     # ------------------------------------------------------------------------ what the loop reads
     @property
     def max_context(self) -> int | None:
-        return self._max_context
+        # vLLM counts the last sampled token against max_model_len too (the loop counts what is read)
+        return self._max_context - 1 if self._max_context else None
 
     @property
     def model_type(self) -> str:

@@ -229,3 +229,11 @@ def test_the_command_line_drives_a_server(vllm_server, served, capsys, tmp_path)
     assert main(["generate", "hi", "--server", f"http://127.0.0.1:{free_port()}/v1", "--pattern", "none"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("flashback: error:") and "not reachable" in err and "Traceback" not in err
+
+
+def test_a_prompt_past_the_served_window_slides(served):
+    """2,048 positions served: a long prompt slides the window on the server as it does here."""
+    long_prompt = " ".join(PROMPTS) * 33                      # about 2,040 tokens, 48 more to come
+    result = served.generate(long_prompt, 48, ignore_eos=True)
+    assert len(result.token_ids) == 48 and result.slides
+    assert max(result.stats.request_prompt_tokens) + 16 <= 2048
