@@ -28,6 +28,12 @@ PROMPTS = [
 ]
 
 
+# prompts a chat model tends to answer briefly and end
+ENDING = ["<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+          "Q: What is 3 + 4?\nA:", "The capital of France is", "2 + 2 =",
+          "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"]
+
+
 def unique(prompt: str) -> str:
     """A prompt whose first block no earlier request has sent (so the first request has no cache hit)."""
     return f"Note {uuid.uuid4().hex[:12]}: {prompt}"
@@ -116,12 +122,16 @@ def test_a_passage_change_at_a_retrieval_point(reference, served):
 
 
 def test_stop_strings_eos_and_streaming(reference, served):
-    # EOS: prompts the shipped model answers and ends
-    for question in ("The capital of France is", "2 + 2 ="):
+    # EOS: the questions the reference answers and ends (at the first token, or after a few)
+    ended = 0
+    for question in ENDING:
         want = reference.generate(question, 64)
+        if want.finish_reason != "eos":
+            continue
+        ended += 1
         got = served.generate(question, 64)
-        assert want.finish_reason == "eos" and got.finish_reason == "eos"
-        assert got.token_ids == want.token_ids
+        assert got.finish_reason == "eos" and got.token_ids == want.token_ids
+    assert ended >= 2, "the shipped model no longer ends any of these prompts: pick others"
     # a stop string cut in the middle of a segment, kept out of the text
     text = reference.generate(PROMPTS[0], 40, ignore_eos=True).text
     stop = text[25:31]
