@@ -451,10 +451,13 @@ def markdown(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     m = meta["machine"]
     served = meta.get("backend")
-    where = (f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}" if not served else
-             f"backend {served['backend']}" + (f" (vLLM {served['vllm_version']})" if served.get("vllm_version") else "")
-             + (f", engine env {served['engine_env']}" if served.get("engine_env") else "")
-             + (f", block size {served['block_size']}" if served.get("block_size") else ""))
+    if served:
+        where = (f"backend {served['backend']}"
+                 + (f" (vLLM {served['vllm_version']})" if served.get("vllm_version") else "")
+                 + (f", engine env {served['engine_env']}" if served.get("engine_env") else "")
+                 + (f", block size {served['block_size']}" if served.get("block_size") else ""))
+    else:
+        where = f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}"
     lines += ["", f"Machine: {m.get('cpu', '?')} ({m['cpu_count']} cores, {m['threads']} "
                   f"{'client ' if served else ''}threads), "
                   f"{where}, torch {m['torch']}, "
