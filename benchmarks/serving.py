@@ -489,7 +489,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per concurrency: the median over repeats of each pattern's figures, and append/prepend.
 
     >>> rows = [{"pattern": p, "concurrency": 4, "seconds": s, "sequences_per_s": 4 / s,
-    ...          "tokens_per_s": 512 / s, "cached_fraction": f, "first_cached": 0, "load_after": [1.0]}
+    ...          "tokens_per_s": 512 / s, "cached_fraction": f, "first_cached": 0, "load_after": [1.0],
+    ...          "latency_median_s": s}
     ...         for p, s, f in (("prepend", 8.0, 0.0), ("append", 4.0, 0.8))]
     >>> line = summarize(rows)[0]
     >>> line["concurrency"], line["append_tokens_per_s"], line["throughput_ratio"]
@@ -502,7 +503,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             mine = [r for r in rows if r["concurrency"] == c and r["pattern"] == p]
             if not mine:
                 continue
-            for key in ("seconds", "sequences_per_s", "tokens_per_s", "cached_fraction"):
+            for key in ("seconds", "sequences_per_s", "tokens_per_s", "cached_fraction", "latency_median_s"):
                 line[f"{p}_{key}"] = statistics.median(r[key] for r in mine)
             line[f"{p}_first_cached"] = sum(r["first_cached"] for r in mine)
             line[f"{p}_load_after"] = mine[-1]["load_after"]
@@ -513,20 +514,22 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def sweep_markdown(report: dict[str, Any]) -> str:
-    """The sweep as a Markdown table, with the settings, threads, load and command under it.
+    """The sweep as a Markdown table, with the settings, threads, load and command under it
+    (s/seq: the median time one sequence took from its first request to its last token).
 
     >>> report = {"model": "m", "T": 640, "init_length": 512, "stride": 16, "doc_tokens": 128,
     ...           "summary": [{"concurrency": 1, "prepend_sequences_per_s": 0.1, "prepend_tokens_per_s": 12.8,
     ...                        "prepend_cached_fraction": 0.0, "append_sequences_per_s": 0.2,
     ...                        "append_tokens_per_s": 25.6, "append_cached_fraction": 0.79,
-    ...                        "throughput_ratio": 2.0}],
+    ...                        "throughput_ratio": 2.0, "prepend_latency_median_s": 10.0,
+    ...                        "append_latency_median_s": 5.0}],
     ...           "backend": {"backend": "vllm-server"}, "threads": {"engine_omp": 1}, "repeats": 1,
     ...           "load_before": [0.5, 0.5, 0.5], "load_after": [1.0, 1.0, 1.0], "command": "c"}
     >>> print(sweep_markdown(report).splitlines()[2])
-    | 1 | 0.100 | 0.200 | 12.8 | 25.6 | 2.00x | 0.000 | 0.790 |
+    | 1 | 0.100 | 0.200 | 12.8 | 25.6 | 2.00x | 10.0 | 5.0 | 0.000 | 0.790 |
     """
     head = ["concurrency", "prepend seq/s", "append seq/s", "prepend tok/s", "append tok/s",
-            "append/prepend", "prepend cached", "append cached"]
+            "append/prepend", "prepend s/seq", "append s/seq", "prepend cached", "append cached"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(value, digits):
@@ -538,6 +541,7 @@ def sweep_markdown(report: dict[str, Any]) -> str:
             str(s["concurrency"]), f(s.get("prepend_sequences_per_s"), 3), f(s.get("append_sequences_per_s"), 3),
             f(s.get("prepend_tokens_per_s"), 1), f(s.get("append_tokens_per_s"), 1),
             f(ratio, 2) + ("x" if ratio is not None else ""),
+            f(s.get("prepend_latency_median_s"), 1), f(s.get("append_latency_median_s"), 1),
             f(s.get("prepend_cached_fraction"), 3), f(s.get("append_cached_fraction"), 3)]) + " |")
     b = report["backend"]
     lines += ["", f"{report['model']}, T = {report['T']} ({report['init_length']}-token random prompt, "
