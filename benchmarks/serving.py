@@ -70,7 +70,7 @@ def add_served_arguments(p: argparse.ArgumentParser, backends: Sequence[str]) ->
                    "the server loaded, when it is on this machine)")
     p.add_argument("--vllm-python", default=None,
                    help="python of the vLLM environment for --backend vllm-server (default: "
-                        "$FLASHBACK_VLLM_PYTHON, else .venv-vllm/bin/python of this checkout or /work/main)")
+                        "$FLASHBACK_VLLM_PYTHON, else .venv-vllm/bin/python of this checkout)")
     p.add_argument("--block-size", type=int, default=32, help="vLLM KV block size (prefix-cache granularity)")
     p.add_argument("--kv-cache-gib", type=float, default=2.0, help="VLLM_CPU_KVCACHE_SPACE (CPU builds)")
     p.add_argument("--engine-threads", type=int, default=1,
@@ -80,7 +80,7 @@ def add_served_arguments(p: argparse.ArgumentParser, backends: Sequence[str]) ->
 def check_served_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse combinations that cannot work, each with the reason; --server implies vllm-server."""
     if args.server:
-        if args.backend not in ("vllm-server",) and args.backend != p.get_default("backend"):
+        if args.backend not in ("vllm-server", p.get_default("backend")):
             p.error(f"--server drives a running vLLM server: it cannot be combined with --backend {args.backend}")
         if not args.server.startswith(("http://", "https://")):
             p.error(f"--server must look like http://HOST:PORT/v1, got {args.server!r}")
@@ -92,15 +92,22 @@ def check_served_arguments(p: argparse.ArgumentParser, args: argparse.Namespace)
 
 
 def vllm_python(given: str | None) -> str:
-    """The interpreter that has vLLM: the option, $FLASHBACK_VLLM_PYTHON, or a .venv-vllm nearby."""
-    candidates = [given, os.environ.get("FLASHBACK_VLLM_PYTHON"), ROOT / ".venv-vllm" / "bin" / "python",
-                  Path("/work/main/.venv-vllm/bin/python")]
-    for c in candidates:
-        if c and Path(c).exists():
+    """The interpreter that has vLLM: the option, $FLASHBACK_VLLM_PYTHON, this checkout's .venv-vllm
+    (``make vllm``), or this one if it can import vllm."""
+    import importlib.util
+
+    for name, c in (("--vllm-python", given), ("$FLASHBACK_VLLM_PYTHON", os.environ.get("FLASHBACK_VLLM_PYTHON"))):
+        if c:
+            if not Path(c).exists():
+                raise ConfigError(f"{name} {c} does not exist")
             return str(c)
-    if given:
-        raise ConfigError(f"--vllm-python {given} does not exist")
-    return sys.executable
+    local = ROOT / ".venv-vllm" / "bin" / "python"
+    if local.exists():
+        return str(local)
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    raise ConfigError("no python with vLLM: give --vllm-python (or set $FLASHBACK_VLLM_PYTHON); "
+                      "`make vllm` builds .venv-vllm")
 
 
 # ----------------------------------------------------------------------------- the served model
@@ -108,13 +115,16 @@ def served_folder(name: str) -> Path:
     """A plain HF folder with the marker tokens, for ``name`` (an alias, hub id or folder): exported
     once (``export_merged(..., markers=True)``) into the flashback cache, or ``name`` itself when it
     is a folder that already has the markers."""
+    import hashlib
+
     from flashback_rag.adapters import export_merged
     from flashback_rag.io_utils import cache_root
 
     path = Path(name).expanduser()
     if (path / "config.json").is_file() and _has_markers(path):
         return path
-    out = cache_root() / "vllm" / f"bench-{path.name}-markers"
+    key = hashlib.sha256(str(path.resolve() if path.exists() else name).encode()).hexdigest()[:10]
+    out = cache_root() / "vllm" / f"bench-{path.name}-markers-{key}"
     if not (out / "config.json").is_file():
         log(f"exporting {name} with marker tokens to {out} (once)")
         export_merged(name, None, out, markers=True)

@@ -261,3 +261,16 @@ def test_docstring_examples(serving):
     import doctest
 
     assert doctest.testmod(serving).failed == 0
+
+
+def test_vllm_python_is_explicit_or_found(serving, tmp_path, monkeypatch):
+    from flashback_rag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--vllm-python .* does not exist"):
+        serving.vllm_python(str(tmp_path / "nowhere" / "python"))
+    monkeypatch.setenv("FLASHBACK_VLLM_PYTHON", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="FLASHBACK_VLLM_PYTHON"):
+        serving.vllm_python(None)
+    fake = tmp_path / "python"
+    fake.write_text("")
+    assert serving.vllm_python(str(fake)) == str(fake)
