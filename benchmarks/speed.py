@@ -4,6 +4,9 @@
     python benchmarks/speed.py --model smollm2-135m --T 512 1024 2048 --init-length 512   # a sweep over T
     python benchmarks/speed.py --random-init llama-7b --device cuda --dtype bfloat16 --T 1024 2048 4096 --init-length 512
     python benchmarks/speed.py --model smollm2-135m --real-text --T 1024 --init-length 512  # real corpus + BM25
+    python benchmarks/speed.py --backend vllm-server --T 1024 --init-length 512   # launches `vllm serve`
+    python benchmarks/speed.py --server http://127.0.0.1:8000/v1 --T 1024         # a running server
+    .venv-vllm/bin/python benchmarks/speed.py --backend vllm --T 1024             # in-process vLLM engine
 
 The runtime test of the paper: a random prompt of ``--init-length`` tokens, greedy generation until the
 text is ``--T`` tokens long, and a random passage of ``--doc-tokens`` tokens retrieved every ``--stride``
@@ -48,6 +51,22 @@ C1 = 2l(4r+1)bhT(d+2s)/s is the LoRA adapter's share of that work. Two predictio
 
 Exactness is not traded for speed: the engine's cached decoding gives the tokens and logits of a full
 recompute (tests/unit/test_parity.py), whatever the pattern.
+
+On vLLM (``--backend vllm``, ``--backend vllm-server``, ``--server URL``)
+-----------------------------------------------------------------------
+The same engine loop drives vLLM, one request per stride; vLLM's automatic prefix cache does the crop,
+in whole KV blocks (``--block-size``, 32). The model is exported once with the marker tokens added. The
+vLLM half lives in ``benchmarks/serving.py`` (which also sweeps concurrency); the differences here:
+
+* Every generation (warm-up, each repeat, each pattern) gets a new random prompt and new passages:
+  vLLM's cache outlives a generation, and a repeated prompt or passage would be served from it, to
+  prepend as to append. ``{pattern}_first_cached`` (tokens of first requests found cached) shows it is 0.
+* ``{pattern}_cached_fraction``: prompt tokens served from the prefix cache over all prompt tokens
+  sent (``prompt_tokens_details.cached_tokens``); ``{pattern}_expected_cached_fraction`` is what
+  ``serving.served_schedule`` predicts for it (append keeps ``x[:i-s]`` in whole blocks; prepend none).
+* ``predicted_speedup`` prices that request schedule with three constants measured on the backend (a
+  request's fixed cost, a decode step, a prefilled token); ``flops_speedup`` prices it in FLOPs.
+* ``--threads`` is not used: ``--engine-threads`` sets the engine's OMP_NUM_THREADS (CPU builds).
 """
 
 from __future__ import annotations
@@ -59,6 +78,7 @@ import platform
 import statistics
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +95,22 @@ from flashback_rag.io_utils import atomic_write_json, atomic_write_text  # noqa:
 from flashback_rag.kv_cache import CachedLogits, crop_cache  # noqa: E402
 from flashback_rag.results import GenerationStats  # noqa: E402
 from flashback_rag.retrievers import Passage  # noqa: E402
+
+
+def _sibling(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    key = f"flashback_benchmarks_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+serving = _sibling("serving")     # the vLLM half: served model, backends, request schedule, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PATTERNS = ("prepend", "append", "none")
@@ -99,21 +135,24 @@ class RandomPassages:
 
     Each passage is the text of ``2 x doc_tokens`` random token ids, so after re-tokenisation and the
     engine's truncation it is ``doc_tokens`` long. A new instance with the same seed gives every
-    pattern the same passages.
+    pattern the same passages. Safe to share between threads: no two calls get the same passage.
     """
 
     def __init__(self, tokenizer, doc_tokens: int, ids: list[int], seed: int = 0) -> None:
         self.tokenizer, self.doc_tokens, self.ids, self.seed = tokenizer, doc_tokens, ids, seed
         self.calls = 0
+        self._lock = threading.Lock()
 
     def retrieve(self, query: str, k: int) -> list[Passage]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.calls)
-        self.calls += 1
+        with self._lock:
+            call = self.calls
+            self.calls += 1
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + call)
         out = []
         for rank in range(k):
             pick = torch.randint(0, len(self.ids), (2 * self.doc_tokens,), generator=generator)
             text = self.tokenizer.decode([self.ids[i] for i in pick.tolist()])
-            out.append(Passage(id=f"random-{self.calls}-{rank}", text=text))
+            out.append(Passage(id=f"random-{self.seed}-{call}-{rank}", text=text))
         return out
 
 
@@ -358,6 +397,25 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def library_info() -> dict[str, Any]:
+    """Which flashback_rag ran: its folder, and the git commit there (``dirty``: uncommitted changes)."""
+    import subprocess
+
+    import flashback_rag
+
+    folder = Path(flashback_rag.__file__).resolve().parent
+    info: dict[str, Any] = {"path": str(folder)}
+    try:
+        git = ["git", "-C", str(folder)]
+        info["commit"] = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True,
+                                        timeout=10).stdout.strip() or None
+        info["dirty"] = bool(subprocess.run(git + ["status", "--porcelain", "--", "."], capture_output=True,
+                                            text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -367,10 +425,13 @@ def load_average() -> list[float] | None:
 
 def markdown(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lora = any("append_lora_s" in r for r in runs)
+    cached = any("append_cached_fraction" in r or "prepend_cached_fraction" in r for r in runs)
     head = ["model", "T", "init", "stride", "doc", "prepend s", "append s", "none s", "speed-up",
             "predicted", "FLOPs model", "append/none"]
     if lora:
         head += ["prepend+LoRA s", "append+LoRA s", "speed-up (LoRA)"]
+    if cached:
+        head += ["prepend cached", "append cached (expected)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(value, digits=2):
@@ -383,10 +444,23 @@ def markdown(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                f(r.get("flops_speedup")), f(r.get("append_over_none"))]
         if lora:
             row += [f(r.get("prepend_lora_s")), f(r.get("append_lora_s")), f(r.get("speedup_lora"))]
+        if cached:
+            expected = r.get("append_expected_cached_fraction")
+            row += [f(r.get("prepend_cached_fraction"), 3),
+                    f(r.get("append_cached_fraction"), 3) + (f" ({expected:.3f})" if expected is not None else "")]
         lines.append("| " + " | ".join(row) + " |")
     m = meta["machine"]
-    lines += ["", f"Machine: {m.get('cpu', '?')} ({m['cpu_count']} cores, {m['threads']} threads), "
-                  f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}, torch {m['torch']}, "
+    served = meta.get("backend")
+    if served:
+        where = (f"backend {served['backend']}"
+                 + (f" (vLLM {served['vllm_version']})" if served.get("vllm_version") else "")
+                 + (f", engine env {served['engine_env']}" if served.get("engine_env") else "")
+                 + (f", block size {served['block_size']}" if served.get("block_size") else ""))
+    else:
+        where = f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}"
+    lines += ["", f"Machine: {m.get('cpu', '?')} ({m['cpu_count']} cores, {m['threads']} "
+                  f"{'client ' if served else ''}threads), "
+                  f"{where}, torch {m['torch']}, "
                   f"transformers {m.get('transformers', '?')}, dtype {meta['dtype']}. "
                   f"Load average before/after: {meta['load_before']} / {meta['load_after']}. "
                   f"Median of {meta['repeats']} run(s).",
@@ -461,9 +535,21 @@ def parse_args(argv=None):
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--merge", nargs="+", metavar="JSON", type=Path,
                    help="no timing: combine earlier results files into one table and plot (--name)")
+    serving.add_served_arguments(p, ("transformers",) + serving.SERVED_BACKENDS)
     args = p.parse_args(argv)
     if args.merge:
         return args
+    serving.check_served_arguments(p, args)
+    if args.backend != "transformers":
+        refused = [flag for flag, given in (("--lora", args.lora), ("--random-init", args.random_init),
+                                            ("--real-text", args.real_text), ("--device", args.device),
+                                            ("--threads", args.threads)) if given]
+        if refused:
+            p.error(f"{', '.join(refused)}: not with --backend {args.backend} (LoRA and random shapes are "
+                    "transformers-only; a fixed real-text prompt would hit vLLM's prefix cache on every "
+                    "repeat; the engine's threads are --engine-threads)")
+        if args.server and len(args.model) > 1:
+            p.error("--server serves one model: give one --model (or none)")
     for total in args.T:
         if total <= args.init_length:
             p.error(f"--T {total} must be larger than --init-length {args.init_length}")
@@ -502,6 +588,8 @@ def main(argv=None) -> int:
             "real_text": args.real_text}
     runs = []
     device = None
+    if args.backend != "transformers":
+        return main_served(args, names, meta)
     try:
         for name in names:
             longest = max(args.T) + args.doc_tokens + 2 + args.stride
@@ -533,6 +621,45 @@ def main(argv=None) -> int:
 
     name = args.name or ("speed-" + "-".join(names) + "-T" + "-".join(str(t) for t in sorted(args.T))
                          + ("-real" if args.real_text else "") + ("-lora" if args.lora else ""))
+    return write_report(args, runs, meta, name)
+
+
+def main_served(args, names: list[str], meta: dict[str, Any]) -> int:
+    """The vLLM runs: one backend per model (launched, in process, or the given server), every T on it."""
+    runs = []
+    meta["dtype"] = args.dtype or "float32"
+    try:
+        for name in names:
+            with serving.open_backend(args, name) as served:
+                meta["backend"] = served.info
+                for total in sorted(args.T):
+                    log(f"{name}: T={total} init={args.init_length} stride={args.stride} "
+                        f"doc={args.doc_tokens} on {served.info['backend']}")
+                    runs.append({"model": name, "T": total, "init_length": args.init_length, "stride": args.stride,
+                                 "doc_tokens": args.doc_tokens, "echo_tokens": args.echo_tokens,
+                                 "query_tokens": args.query_tokens,
+                                 **serving.run_point(args, this_module(), name, served, total)})
+    except FlashBackError as err:
+        print(f"speed.py: error: {err}", file=sys.stderr)
+        return 2
+    meta["load_after"] = load_average()
+    meta["machine"] = machine_info(torch.device("cpu"))
+    meta["library"] = library_info()
+    meta["threads"] = {"engine_omp": None if args.server else args.engine_threads,
+                       "client_torch": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    name = args.name or ("speed-" + "-".join(Path(n).name for n in names) + "-T"
+                         + "-".join(str(t) for t in sorted(args.T)) + "-" + args.backend)
+    return write_report(args, runs, meta, name)
+
+
+def this_module():
+    """This script's helpers for serving.py (loaded from a path, the module may not be in sys.modules)."""
+    import types
+
+    return types.SimpleNamespace(**globals())
+
+
+def write_report(args, runs: list[dict[str, Any]], meta: dict[str, Any], name: str) -> int:
     report = dict(runs[0], **meta) if len(runs) == 1 else dict(meta, runs=runs)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
