@@ -48,3 +48,42 @@ def vllm_server(vllm_model_folder, vllm_python):
     server.start()
     yield server
     server.stop()
+
+
+class SegmentCounter:
+    """A backend that hands every segment to a real one and counts how many are in flight at once
+    (``most`` > 1: sequences overlapped). Nothing is faked: the real requests go through."""
+
+    def __init__(self, inner) -> None:
+        import threading
+
+        self.inner, self.active, self.most = inner, 0, 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def session(self, *args, **kwargs):
+        session, counter = self.inner.session(*args, **kwargs), self
+
+        class Counted:
+            def segment(self, *a):
+                with counter._lock:
+                    counter.active += 1
+                    counter.most = max(counter.most, counter.active)
+                try:
+                    yield from session.segment(*a)
+                finally:
+                    with counter._lock:
+                        counter.active -= 1
+
+            def close(self):
+                session.close()
+
+        return Counted()
+
+
+@pytest.fixture(scope="session")
+def segment_counter():
+    """The :class:`SegmentCounter` class: wrap a backend to see whether sequences overlapped."""
+    return SegmentCounter

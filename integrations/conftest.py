@@ -103,39 +103,6 @@ def tiny_adapter(tmp_path_factory):
 # ----------------------------------------------------------------------------- vLLM
 # The real `vllm serve` of the shipped model is the root conftest's session fixture `vllm_server`
 # (skipped where no vLLM environment exists).
-class SegmentCounter:
-    """A backend that hands every segment to a real one and counts how many are in flight at once
-    (``most`` > 1: sequences overlapped). Nothing is faked: the real requests go through."""
-
-    def __init__(self, inner) -> None:
-        import threading
-
-        self.inner, self.active, self.most = inner, 0, 0
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def session(self, *args, **kwargs):
-        session, counter = self.inner.session(*args, **kwargs), self
-
-        class Counted:
-            def segment(self, *a):
-                with counter._lock:
-                    counter.active += 1
-                    counter.most = max(counter.most, counter.active)
-                try:
-                    yield from session.segment(*a)
-                finally:
-                    with counter._lock:
-                        counter.active -= 1
-
-            def close(self):
-                session.close()
-
-        return Counted()
-
-
 @pytest.fixture(scope="session")
 def docs_bm25(python_docs):
     """BM25 over the Python-docs topics: what the served engines re-retrieve from."""
@@ -145,13 +112,13 @@ def docs_bm25(python_docs):
 
 
 @pytest.fixture
-def counted():
+def counted(segment_counter):
     """``counted(engine)``: the same engine (tokenizer, retriever, settings) whose backend counts the
     segments in flight, as ``engine.backend.most``."""
     from flashback_rag import FlashBack
 
     def wrap(engine):
         return FlashBack(None, engine.tokenizer, engine.retriever, engine.config,
-                         backend=SegmentCounter(engine.backend))
+                         backend=segment_counter(engine.backend))
 
     return wrap

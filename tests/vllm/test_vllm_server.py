@@ -6,8 +6,6 @@ test sends, so the prefix cache's answers are exactly predictable.
 
 from __future__ import annotations
 
-import math
-import threading
 import time
 import uuid
 
@@ -157,39 +155,9 @@ def test_sampling_is_seeded_and_settings_vllm_cannot_honour_are_refused(served):
             served.generate(PROMPTS[0], 4, **bad)
 
 
-class CountingBackend:
-    """The server backend, counting segments in flight at once (the real requests go through)."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.active, self.most = inner, 0, 0
-        self.lock = threading.Lock()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def session(self, *args, **kw):
-        session, outer = self.inner.session(*args, **kw), self
-
-        class Counted:
-            def segment(self, *a):
-                with outer.lock:
-                    outer.active += 1
-                    outer.most = max(outer.most, outer.active)
-                try:
-                    yield from session.segment(*a)
-                finally:
-                    with outer.lock:
-                        outer.active -= 1
-
-            def close(self):
-                session.close()
-
-        return Counted()
-
-
-def test_eight_concurrent_sequences_equal_one_at_a_time(served):
+def test_eight_concurrent_sequences_equal_one_at_a_time(served, segment_counter):
     prompts = [f"{PROMPTS[i % 3]} (part {i})" for i in range(8)]
-    counted = CountingBackend(served.backend)
+    counted = segment_counter(served.backend)
     engine = FlashBack(None, served.tokenizer, served.retriever, served.config, backend=counted)
     together = engine.generate_batch(prompts, 32, ignore_eos=True)
     alone = [served.generate(p, 32, ignore_eos=True) for p in prompts]
