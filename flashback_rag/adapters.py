@@ -237,9 +237,7 @@ def export_merged(base: str, adapter: str | Path | None, out: str | Path, device
     from .models import add_marker_tokens, load_model
 
     model, tokenizer = load_model(base, device=device, adapter=adapter)
-    settings = config or getattr(model, "flashback_config", None)
-    if settings is None and adapter is not None:
-        settings = adapter_config(adapter)
+    settings = config or getattr(model, "flashback_config", None)     # an adapter's or shipped model's
     meta = dict(read_meta(adapter)) if adapter is not None else {}
     if hasattr(model, "merge_and_unload"):       # an unmerged PEFT model: LoRA and marker rows folded in
         model = model.merge_and_unload()

@@ -33,7 +33,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +65,11 @@ def as_passage(item: Any, rank: int) -> Passage:
         return Passage(id=str(item.get("id", rank)), text=item.get("text", item.get("contents", "")),
                        title=item.get("title", "") or "", score=float(item.get("score", 0.0)))
     raise TypeError(f"a retriever returned {type(item).__name__}; expected Passage, str or dict")
+
+
+def _with_fields(config: FlashBackConfig | None, fields: dict[str, Any]) -> FlashBackConfig | None:
+    """``config`` (or the defaults) with the keyword fields a constructor was given; None when neither."""
+    return (config or FlashBackConfig()).replace(**fields) if fields else config
 
 
 class TextStream:
@@ -152,24 +156,20 @@ class FlashBack:
             if dtype is not None:
                 options.setdefault("dtype", str(dtype).replace("torch.", ""))
             engine = VLLMEngineBackend(str(folder), **options)
-            config = config or served_settings(folder)
-            if config_fields:
-                config = (config or FlashBackConfig()).replace(**config_fields)
+            config = _with_fields(config or served_settings(folder), config_fields)
             return cls(None, load_tokenizer(None, folder), retriever, config, backend=engine)
         if backend != "transformers":
             raise ConfigError(f"unknown backend {backend!r}; choose transformers, vllm or vllm-server")
         from .models import load_model
 
+        from .serving import served_settings
+
         model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, adapter=adapter)
         if config is None:
             config = getattr(model, "flashback_config", None)
-        if config is None and adapter is None and (Path(str(model_name_or_path)) / "flashback.json").is_file():
-            from .adapters import adapter_config     # a merged or fully tuned model folder
-
-            config = adapter_config(model_name_or_path)
-        if config_fields:
-            config = (config or FlashBackConfig()).replace(**config_fields)
-        return cls(model, tokenizer, retriever, config)
+        if config is None and adapter is None:          # a merged or fully tuned model folder
+            config = served_settings(model_name_or_path)
+        return cls(model, tokenizer, retriever, _with_fields(config, config_fields))
 
     @classmethod
     def from_server(cls, url: str, tokenizer: Any = None, retriever: Retriever | str | None = None,
@@ -185,9 +185,7 @@ class FlashBack:
         from .serving import server_parts
 
         backend, tokenizer, recorded = server_parts(url, tokenizer, model, timeout, api_key)
-        config = config or recorded
-        if config_fields:
-            config = (config or FlashBackConfig()).replace(**config_fields)
+        config = _with_fields(config or recorded, config_fields)
         if isinstance(retriever, str):
             retriever = load_index(retriever)
         return cls(None, tokenizer, retriever, config, backend=backend)
@@ -352,7 +350,7 @@ class FlashBack:
                                        capacity=min(longest, self.max_context or longest))
         text = TextAssembler(self.tokenizer, stops) if want_text else None
         window, point, block = anchor, len(tokens), []      # tokens[anchor:window] slid out
-        step, segments, done = 0, 0, False
+        step, done = 0, False
         started = time.perf_counter()
 
         try:
@@ -391,7 +389,6 @@ class FlashBack:
                         if text.stopped:
                             result.finish_reason, done = "stop", True
                             break
-                segments += 1
                 if not done and produced < ahead:
                     raise BackendError(f"the {self.backend.name} backend returned {produced} of the {ahead} "
                                        "tokens asked for, without an end-of-text token")

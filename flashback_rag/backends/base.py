@@ -17,7 +17,7 @@ will not use.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..results import GenerationResult
@@ -37,7 +37,6 @@ class SamplingSettings:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     output_scores: bool = False
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def greedy(self) -> bool:

@@ -23,12 +23,14 @@ UNSUPPORTED = {
 }
 
 
-def check_supported(sampling: SamplingSettings, backend: str) -> None:
+def check_supported(sampling: SamplingSettings, backend: str, use_cache: bool) -> None:
     """Refuse, with the reason, what a vLLM backend cannot do the way the transformers one does."""
     for name, (neutral, why) in UNSUPPORTED.items():
         if getattr(sampling, name) != neutral:
             raise ConfigError(f"{name} is not supported on the {backend} backend ({why}); "
                               "use the transformers backend for it")
+    if not use_cache:
+        raise ConfigError("use_cache=False (the recompute reference) runs on the transformers backend only")
 
 
 def request_sampling(sampling: SamplingSettings, max_tokens: int, segment: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import BackendError, ConfigError, MissingDependencyError
+from ..errors import BackendError, MissingDependencyError
 from ..results import GenerationResult
 from .base import SamplingSettings
 from .vllm_common import check_supported, finish_tokens, record_request, request_sampling
@@ -91,9 +91,7 @@ class VLLMEngineBackend:
 
     def session(self, result: GenerationResult, sampling: SamplingSettings, *, use_cache: bool = True,
                 capacity: int | None = None) -> "EngineSession":
-        check_supported(sampling, self.name)
-        if not use_cache:
-            raise ConfigError("use_cache=False (the recompute reference) runs on the transformers backend only")
+        check_supported(sampling, self.name, use_cache)
         return EngineSession(self, result, sampling)
 
     def stream(self, context: list[int], params: dict[str, Any]) -> Iterator[tuple[list[int], Any]]:

@@ -80,9 +80,7 @@ class VLLMServerBackend:
 
     def session(self, result: GenerationResult, sampling: SamplingSettings, *, use_cache: bool = True,
                 capacity: int | None = None) -> "ServerSession":
-        check_supported(sampling, self.name)
-        if not use_cache:
-            raise ConfigError("use_cache=False (the recompute reference) runs on the transformers backend only")
+        check_supported(sampling, self.name, use_cache)
         return ServerSession(self, result, sampling)
 
     # ------------------------------------------------------------------------ HTTP
