@@ -7,6 +7,7 @@
 #   bash training/smollm2_flashback.sh [WORK_DIR] [ADAPTER_OUT]      # ~35 min on 2 idle CPU cores
 #   STEPS=2 POINTS=64 bash training/smollm2_flashback.sh /tmp/w       # a smoke pass of every step
 #   ECHO=32 bash training/smollm2_flashback.sh                        # the echo-32 variant (measured worse)
+#   COPY_PERCENT=50 bash training/smollm2_flashback.sh                # another share of "copy" windows
 # Corpus: Debian's python3.11-doc reST sources (fetched with apt-get download), split by a seeded hash of the
 # title into index / train / validation documents (flashback_rag/python_doc_corpus.py). Half the training
 # windows retrieve from the index documents only ("related"), half from an index that also holds the
@@ -21,6 +22,7 @@ STEPS=${STEPS:-150}
 POINTS=${POINTS:-3000}
 BATCH=${BATCH:-4}
 ECHO=${ECHO:-16}
+COPY_PERCENT=${COPY_PERCENT:-50}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 MODEL=smollm2-135m
 mkdir -p "$WORK/corpus"
@@ -49,10 +51,19 @@ $FLASHBACK index build --input "$WORK/corpus/copy-train.jsonl" --out "$WORK/inde
 #    to 80 tokens (the chunk and its title line), room for the 16-token echo
 PREP="--model $MODEL --input $WORK/corpus/train.jsonl --validation-fraction 0 --stride 16 --query-tokens 32
       --doc-tokens 80 --max-positions 256 --echo-tokens $ECHO --min-prefix 64 --seed 42 --quiet"
-$FLASHBACK prepare $PREP --index "$WORK/index-related" --out "$WORK/data-related" --max-examples $((POINTS / 2))
-$FLASHBACK prepare $PREP --index "$WORK/index-copy" --out "$WORK/data-copy" --max-examples $((POINTS - POINTS / 2))
+COPY_POINTS=$((POINTS * COPY_PERCENT / 100))
+DATA=()
+if (( COPY_POINTS < POINTS )); then
+    $FLASHBACK prepare $PREP --index "$WORK/index-related" --out "$WORK/data-related" \
+        --max-examples $((POINTS - COPY_POINTS))
+    DATA+=("$WORK/data-related")
+fi
+if (( COPY_POINTS > 0 )); then
+    $FLASHBACK prepare $PREP --index "$WORK/index-copy" --out "$WORK/data-copy" --max-examples $COPY_POINTS
+    DATA+=("$WORK/data-copy")
+fi
 # 4. LoRA + markers on the append + echo layout, both regimes mixed, BATCH packed windows a step
-$FLASHBACK train --model $MODEL --data "$WORK/data-related" "$WORK/data-copy" --out "$OUT" \
+$FLASHBACK train --model $MODEL --data "${DATA[@]}" --out "$OUT" \
     --pattern append --markers --echo-tokens $ECHO --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
     --warmup-ratio 0.1 --logging-steps $(( STEPS >= 10 ? STEPS / 10 : 1 )) --seed 42 --report-to none --quiet
 echo "adapter written to $OUT"
