@@ -126,28 +126,19 @@ def bootstrap(nll: dict[str, torch.Tensor], windows: torch.Tensor, samples: int,
     ``nll[key]`` is ``(points, stride)``; windows are resampled with replacement, the same draw for all
     rows, so a ratio's interval reflects only how the two rows differ on the same text.
     """
-    gen = torch.Generator().manual_seed(seed)
+    from flashback_rag.training.intervals import bootstrap_means, ppl_interval, ratio_interval
+
     n_windows = int(windows.max()) + 1
-    # per window: summed NLL and token count, for every row
-    counts = torch.bincount(windows, minlength=n_windows).float() * next(iter(nll.values())).shape[1]
-    sums = {k: torch.zeros(n_windows).index_add_(0, windows, v.sum(1)) for k, v in nll.items()}
-    draws = torch.randint(0, n_windows, (samples, n_windows), generator=gen)
-    weight = torch.zeros(samples, n_windows).scatter_add_(1, draws, torch.ones(samples, n_windows))
-    tokens = weight @ counts
-    means = {k: (weight @ s) / tokens for k, s in sums.items()}           # (samples,) mean NLL per draw
-
-    def interval(values: torch.Tensor) -> list[float]:
-        lo, hi = torch.quantile(values, torch.tensor([0.025, 0.975]))
-        return [float(lo), float(hi)]
-
+    counts = torch.bincount(windows, minlength=n_windows).double() * next(iter(nll.values())).shape[1]
+    sums = {k: torch.zeros(n_windows, dtype=torch.float64).index_add_(0, windows, v.double().sum(1))
+            for k, v in nll.items()}
+    means = bootstrap_means(sums, counts, samples, seed)
     out = {}
     for k in nll:
-        out[k] = {"ppl_ci": [math.exp(v) for v in interval(means[k])]}
+        out[k] = {"ppl_ci": ppl_interval(means[k])}
         for ref in (CONTROL, UPPER):
             if ref in means:
-                point = math.exp(float(nll[k].mean() - nll[ref].mean()))
-                lo, hi = interval(means[k] - means[ref])
-                out[k][f"ratio_{ref}"] = [point, math.exp(lo), math.exp(hi)]
+                out[k][f"ratio_{ref}"] = ratio_interval(sums[k], sums[ref], counts, means[k], means[ref])
     return out
 
 

@@ -3,7 +3,8 @@
     $ flashback prepare --model smollm2-135m --input docs/ --index my-index --out prepared/
     $ flashback train --model smollm2-135m --data prepared/ --out adapters/append-markers
     $ flashback eval ppl --model smollm2-135m --adapter adapters/append-markers --data prepared/
-    $ flashback eval ppl --model smollm2-135m --text notes.txt --index my-index --pattern prepend
+    $ flashback eval ppl --model smollm2-135m --text notes.txt --index my-index --pattern none --output none.json
+    $ flashback eval ppl --model smollm2-135m-flashback --text notes.txt --index my-index --compare none.json
     $ flashback export --model smollm2-135m --adapter adapters/append-markers --merge --out merged/
 """
 
@@ -79,11 +80,14 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     from ..retrievers import load_index
     from ..adapters import adapter_config
     from .data import read_examples
-    from .evaluate import prepared_perplexity, text_perplexity, windows_perplexity
+    from .evaluate import compare_text_results, prepared_perplexity, text_perplexity, windows_perplexity
     from .prepare import read_windows as read_prepared_windows
 
     if (args.data is None) == (args.text is None):
         raise FlashBackError("give exactly one of --data DIR (prepared examples) or --text FILE (raw text)")
+    other = _read_comparison(args.compare) if args.compare else None
+    if other is not None and args.text is None:
+        raise FlashBackError("--compare works with --text (the paired ratio of two runs on the same text)")
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
     # The model's own settings (an adapter's, or a FlashBack model's) unless a flag overrides them.
     trained = getattr(model, "flashback_config", None)
@@ -103,6 +107,7 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
             examples = read_examples(split, args.max_examples)
             result = prepared_perplexity(model, tokenizer, examples, pattern, markers, args.top_k, args.multi,
                                          args.batch_size, show_progress=not args.quiet, echo=echo)
+        result.pop("example_nll", None)
         result["data"] = str(split)
     else:
         if not Path(args.text).is_file():
@@ -118,14 +123,27 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
                                  args.max_positions, args.max_tokens, args.batch_size,
                                  show_progress=not args.quiet, echo=echo)
         result["text"] = str(args.text)
+        if other is not None:
+            result["compare"] = {"file": str(args.compare), **compare_text_results(result, other)}
     result.update(model=args.model, adapter=args.adapter)
-    text = json.dumps(result, indent=2)
     if args.output:
         from ..io_utils import atomic_write_text
 
-        atomic_write_text(Path(args.output), text + "\n")
-    print(text)
+        atomic_write_text(Path(args.output), json.dumps(result, indent=2) + "\n")
+    result.pop("chunk_nll", None)              # hundreds of numbers: in the --output file only
+    print(json.dumps(result, indent=2))
     return 0
+
+
+def _read_comparison(path: str) -> dict:
+    """A previous ``eval ppl --text --output`` result, checked before any model is loaded."""
+    file = Path(path)
+    if not file.is_file():
+        raise FlashBackError(f"no such result file to compare with: {path}")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FlashBackError(f"{path} is not a JSON result of `flashback eval ppl`: {exc}") from None
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -244,7 +262,10 @@ def add_commands(subparsers) -> None:
     ppl.add_argument("--batch-size", type=int, default=8)
     ppl.add_argument("--device", default=None)
     ppl.add_argument("--dtype", default=None)
-    ppl.add_argument("--output", default=None, help="also write the JSON to this file")
+    ppl.add_argument("--output", default=None, help="also write the JSON to this file (with --text: plus the "
+                     "per-chunk losses --compare reads)")
+    ppl.add_argument("--compare", default=None, metavar="FILE",
+                     help="--text: the --output of another run on the same text; adds the paired perplexity ratio")
     ppl.add_argument("--quiet", action="store_true")
     ppl.set_defaults(func=_cmd_eval_ppl)
 

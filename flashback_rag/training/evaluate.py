@@ -13,7 +13,9 @@ Three protocols:
   ``(points, stride)`` the quality benchmark bootstraps and averages by position.
 - :func:`text_perplexity`: sliding-window perplexity on raw text (In-Context RALM's protocol): every
   ``stride`` tokens, retrieve with the last ``query_tokens`` tokens, score the next ``stride`` tokens
-  with as much preceding text as fits ``max_positions``.
+  with as much preceding text as fits ``max_positions``. Its ``ppl_ci`` is a 95% bootstrap interval over
+  runs of 256 scored tokens, and its per-chunk losses let :func:`compare_text_results` give the paired
+  ratio of two runs on the same text (``flashback eval ppl --text ... --compare OTHER.json``).
 
     >>> from flashback_rag.models import load_model
     >>> model, tok = load_model("tiny-random-llama")
@@ -35,10 +37,13 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .data import LeftPadCollator, batched, layout, mask_banned, tail_logits, target_nll, token_nll
+from .data import LeftPadCollator, batched, layout, mask_banned, tail_logits, token_nll
+from .intervals import bootstrap_means, group_sums, ppl_interval, ratio_interval
 from .packing import PACKABLE, collate_packed, pack_record, packed_token_nll, unpack_record
 
 MULTI = ("concat", "average", "average-probs")
+GROUP_TOKENS = 256        # text_perplexity's bootstrap resamples runs of this many scored tokens ...
+MIN_GROUPS = 10           # ... and gives no interval from fewer runs than this
 
 
 def _markers_for(model, tokenizer, pattern: str, markers: bool):
@@ -137,7 +142,7 @@ def prepared_perplexity(model, tokenizer, examples: Sequence[dict[str, Any]], pa
         raise ConfigError("no examples to evaluate")
     marks, banned, echo, pad, device = _setup(model, tokenizer, pattern, markers, echo)
     collate = LeftPadCollator(pad)
-    total, count = 0.0, 0
+    sums: list[float] = []               # summed NLL of every example's targets, in order
     started = time.perf_counter()
     bar = tqdm(total=len(examples), desc=f"ppl {pattern}", unit=" ex", disable=not show_progress)
     for chunk in batched(list(examples), batch_size):
@@ -145,18 +150,18 @@ def prepared_perplexity(model, tokenizer, examples: Sequence[dict[str, Any]], pa
             items = [{"input_ids": layout(ex, pattern, marks, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
                      for ex in chunk]
             batch = {k: v.to(device) for k, v in collate(items).items()}
-            nll, n = target_nll(model, batch, banned)
-            total, count = total + float(nll), count + int(n)
+            nll, _ = token_nll(model, batch, banned)
+            sums.extend(float(v) for v in nll.sum(-1))
         else:
-            for ex in chunk:
-                nll, n = _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device, echo)
-                total, count = total + nll, count + n
+            sums.extend(_averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device, echo)[0]
+                        for ex in chunk)
         bar.update(len(chunk))
     bar.close()
-    mean = total / max(count, 1)
+    count = sum(len(ex["tgt"]) for ex in examples)
+    mean = sum(sums) / max(count, 1)
     return {"pattern": pattern, "markers": marks is not None, "top_k": top_k, "multi": multi, "echo_tokens": echo,
             "examples": len(examples), "tokens": count, "nll": mean, "ppl": math.exp(mean),
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "example_nll": sums}
 
 
 def _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device, echo=0) -> tuple[float, int]:
@@ -180,11 +185,14 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
                     stride: int = 16, query_tokens: int = 32, doc_tokens: int = 128, top_k: int = 1,
                     max_positions: int | None = None, max_tokens: int | None = None, batch_size: int = 8,
                     passage_template: str = "{title}\n{text}", show_progress: bool = False,
-                    echo: int = 0) -> dict[str, Any]:
+                    echo: int = 0, group_tokens: int = GROUP_TOKENS) -> dict[str, Any]:
     """Sliding-window perplexity of raw ``text`` with retrieval every ``stride`` tokens.
 
     Every token after the first ``stride`` is scored once, with the longest preceding context that fits
     ``max_positions`` next to the passage block (the first stride has no query to retrieve with).
+    ``ppl_ci``: 95% bootstrap interval over runs of ``group_tokens`` scored tokens (None below
+    ``MIN_GROUPS`` runs); ``chunk_nll``: the summed loss of every scored chunk, for
+    :func:`compare_text_results`.
     """
     from ..models import max_positions as model_max_positions
     from .prepare import PrepareConfig, make_examples
@@ -196,18 +204,61 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
         tokens = tokens[:max_tokens]
     limit = max_positions or model_max_positions(model) or 1024
     echo = echo if pattern == "append" else 0
-    cfg = PrepareConfig(stride=stride, query_tokens=query_tokens, doc_tokens=doc_tokens, top_k=top_k,
-                        max_positions=limit, construction="default", min_context=stride,
-                        passage_template=passage_template, echo_tokens=echo)
     points = list(range(stride, len(tokens) - stride + 1, stride))
     if not points:
         raise ConfigError(f"the text has {len(tokens)} tokens: too short for a stride of {stride}")
     if pattern == "none":
         examples = [{"passages": [], "src": tokens[max(0, i - (limit - stride)):i], "tgt": tokens[i:i + stride]}
                     for i in points]
-    else:
+    else:            # (the passage block's room is checked only where there is a block)
+        cfg = PrepareConfig(stride=stride, query_tokens=query_tokens, doc_tokens=doc_tokens, top_k=top_k,
+                            max_positions=limit, construction="default", min_context=stride,
+                            passage_template=passage_template, echo_tokens=echo)
         examples = make_examples(tokens, retriever, tokenizer, cfg, "text", points)
     result = prepared_perplexity(model, tokenizer, examples, pattern, markers, top_k, "concat", batch_size,
                                  show_progress, echo=echo)
-    result.update(stride=stride, max_positions=limit, text_tokens=len(tokens))
+    chunk_nll = result.pop("example_nll")
+    sums, counts = text_groups(chunk_nll, [len(ex["tgt"]) for ex in examples], stride, group_tokens)
+    result.update(stride=stride, max_positions=limit, text_tokens=len(tokens), group_tokens=group_tokens,
+                  groups=len(counts), ppl_ci=None, chunk_nll=[round(v, 5) for v in chunk_nll])
+    if len(counts) >= MIN_GROUPS:
+        result["ppl_ci"] = ppl_interval(bootstrap_means({"run": sums}, counts)["run"])
+    else:
+        result["ppl_ci_note"] = _too_short(len(counts), group_tokens)
     return result
+
+
+def _too_short(groups: int, group_tokens: int) -> str:
+    return (f"no interval: the scored text makes {groups} runs of {group_tokens} tokens, fewer than the "
+            f"{MIN_GROUPS} a bootstrap needs (score more text)")
+
+
+def text_groups(chunk_nll: Sequence[float], chunk_tokens: Sequence[int], stride: int,
+                group_tokens: int = GROUP_TOKENS):
+    """Per-group summed NLL and tokens: runs of consecutive chunks covering ``group_tokens`` of text, the
+    bootstrap's unit (neighbouring chunks share their context, so they are not independent draws)."""
+    return group_sums(torch.tensor(chunk_nll, dtype=torch.float64), torch.tensor(chunk_tokens),
+                      max(1, group_tokens // stride))
+
+
+def compare_text_results(result: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """The paired perplexity ratio of two ``text_perplexity`` results on the same tokens of the same text."""
+    keys = ("text_tokens", "stride", "tokens")
+    if "chunk_nll" not in other:
+        raise ConfigError("the result to compare with has no per-chunk losses: write it with "
+                          "`flashback eval ppl --text ... --output FILE`")
+    differ = [f"{k} {other.get(k)} vs {result.get(k)}" for k in keys if other.get(k) != result.get(k)]
+    if differ or len(other["chunk_nll"]) != len(result["chunk_nll"]):
+        raise ConfigError("the two results did not score the same tokens (" + (", ".join(differ) or "chunks")
+                          + "): compare runs on the same text with the same --stride and --max-tokens")
+    stride, group_tokens = result["stride"], result.get("group_tokens", GROUP_TOKENS)
+    tokens = [stride] * len(result["chunk_nll"])
+    ours, counts = text_groups(result["chunk_nll"], tokens, stride, group_tokens)
+    theirs, _ = text_groups(other["chunk_nll"], tokens, stride, group_tokens)
+    point = math.exp((float(ours.sum()) - float(theirs.sum())) / float(counts.sum()))
+    if len(counts) < MIN_GROUPS:
+        return {"ppl": other["ppl"], "ratio": point, "ratio_ci": None,
+                "ratio_ci_note": _too_short(len(counts), group_tokens)}
+    draws = bootstrap_means({"a": ours, "b": theirs}, counts)
+    ratio = ratio_interval(ours, theirs, counts, draws["a"], draws["b"])
+    return {"ppl": other["ppl"], "ratio": ratio[0], "ratio_ci": ratio[1:]}

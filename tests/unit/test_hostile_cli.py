@@ -270,6 +270,18 @@ ROWS: list[Row] = [
      "--repetition-penalty must be a finite number > 0", ()),
     ("--no-repeat-ngram-size -1", lambda t: GEN + ["--pattern", "none", "--no-repeat-ngram-size", "-1", "hi"],
      "--no-repeat-ngram-size", ()),
+    ("eval ppl --compare missing", lambda t: PPL + ["--pattern", "none", "--text", str(write(t, "t.txt", CORPUS)),
+                                                    "--compare", str(t / "nope.json")], "no such result file", ()),
+    ("eval ppl --compare not JSON", lambda t: PPL + ["--pattern", "none", "--text", str(write(t, "t.txt", CORPUS)),
+                                                     "--compare", str(write(t, "r.json", "{"))],
+     "is not a JSON result of `flashback eval ppl`", ()),
+    ("eval ppl --compare without per-chunk losses", lambda t: PPL + [
+        "--pattern", "none", "--text", str(write(t, "t.txt", CORPUS * 4)), "--stride", "4",
+        "--compare", str(write(t, "r.json", '{"ppl": 3.0}'))], "has no per-chunk losses", ()),
+    ("eval ppl --compare a different text", lambda t: PPL + [
+        "--pattern", "none", "--text", str(write(t, "t.txt", CORPUS * 4)), "--stride", "4", "--compare",
+        str(write(t, "r.json", '{"ppl": 3.0, "text_tokens": 7, "stride": 4, "tokens": 3, "chunk_nll": [1.0]}'))],
+     "did not score the same tokens", ()),
     ("eval ppl --index missing", lambda t: PPL + ["--text", str(write(t, "t.txt", CORPUS)), "--index", str(t / "nope")],
      "no index folder", ()),
     ("train --deepspeed not JSON", lambda t: TRAIN + ["--data", str(prepared(t)), "--out", str(t / "a"), "--deepspeed",

@@ -12,12 +12,13 @@ import torch
 pytest.importorskip("peft")
 
 from flashback_rag.corpus import Document
-from flashback_rag.errors import AdapterMismatchError, FlashBackError
+from flashback_rag.errors import AdapterMismatchError, ConfigError, FlashBackError
 from flashback_rag.models import add_marker_tokens, load_model
 from flashback_rag.retrievers import BM25Retriever
 from flashback_rag.adapters import read_meta
 from flashback_rag.training.data import layout, read_examples
-from flashback_rag.training.evaluate import prepared_perplexity, text_perplexity, windows_perplexity
+from flashback_rag.training.evaluate import (compare_text_results, prepared_perplexity, text_perplexity,
+                                             windows_perplexity)
 from flashback_rag.training.prepare import PrepareConfig, prepare, read_windows, token_stream
 from flashback_rag.training.trainer import TrainConfig, train
 
@@ -295,6 +296,25 @@ def test_multi_passage_average_and_text_perplexity(trained, corpus):
     res = text_perplexity(model, tok, text, corpus[1], "append", True, stride=STRIDE, query_tokens=16,
                           doc_tokens=24, max_positions=MAX_POS, max_tokens=200)
     assert res["tokens"] == (200 // STRIDE - 1) * STRIDE and res["ppl"] > 1
+    # one loss per scored chunk, summing to the total; an interval around the point; grouped by 256 tokens
+    assert len(res["chunk_nll"]) == res["examples"] == 200 // STRIDE - 1
+    assert math.isclose(sum(res["chunk_nll"]) / res["tokens"], res["nll"], rel_tol=1e-4)
+    assert res["groups"] == 1 and res["ppl_ci"] is None and "fewer than the 10" in res["ppl_ci_note"]
+    assert compare_text_results(res, res)["ratio_ci"] is None
+    # runs of 16 tokens (two chunks): 12 runs, enough for intervals
+    res = text_perplexity(model, tok, text, corpus[1], "append", True, stride=STRIDE, query_tokens=16,
+                          doc_tokens=24, max_positions=MAX_POS, max_tokens=200, group_tokens=16)
+    assert res["groups"] == 12 and res["ppl_ci"][0] < res["ppl"] < res["ppl_ci"][1]
+    same = compare_text_results(res, res)
+    assert (same["ratio"], same["ratio_ci"]) == (1.0, [1.0, 1.0])
+    none = text_perplexity(model, tok, text, None, "none", stride=STRIDE, max_positions=MAX_POS, max_tokens=200,
+                           group_tokens=16)
+    versus = compare_text_results(res, none)
+    assert versus["ratio"] == pytest.approx(res["ppl"] / none["ppl"], rel=1e-4)
+    assert versus["ratio_ci"][0] <= versus["ratio"] <= versus["ratio_ci"][1]
+    with pytest.raises(ConfigError, match="same tokens"):
+        compare_text_results(res, text_perplexity(model, tok, text, None, "none", stride=STRIDE,
+                                                  max_positions=MAX_POS, max_tokens=160))
 
 
 def test_full_tuning_writes_a_model_folder_with_its_settings(prepared, tmp_path):
