@@ -61,6 +61,11 @@ class Row:
     trained: bool
     echo: bool = False        # uses --echo-tokens
     echo_k: int | None = None  # ... or this echo length (the untrained echo sweep)
+    before: bool = False      # block_positions="before": the block at the positions before the first token
+
+    @property
+    def block_positions(self) -> str:
+        return "before" if self.before else "after"
 
     def echo_tokens(self, default: int) -> int:
         return (self.echo_k if self.echo_k is not None else default) if self.echo else 0
@@ -77,6 +82,9 @@ ROWS = [
     Row("append_echo", "append + echo (no training)", "append", True, False, echo=True),
     Row("append_echo_lora_markers", "append + echo + LoRA + markers (FlashBack + echo)", "append", True, True,
         echo=True),
+    Row("append_before", "append + echo, block before (no training)", "append", True, False, echo=True, before=True),
+    Row("append_before_lora_markers", "append + echo + LoRA + markers, block before (FlashBack + echo + positions)",
+        "append", True, True, echo=True, before=True),
 ]
 CONTROL, UPPER = "none_lora", "prepend_lora_markers"
 
@@ -197,7 +205,7 @@ def run(args) -> dict:
         started = time.perf_counter()
         echo = row.echo_tokens(args.echo_tokens)
         record = {"key": row.key, "label": row.label, "pattern": row.pattern, "markers": row.markers,
-                  "trained": row.trained, "echo_tokens": echo}
+                  "trained": row.trained, "echo_tokens": echo, "block_positions": row.block_positions}
         if row.key in args.use_adapter:
             adapter = Path(args.use_adapter[row.key])
             record.update(check_reused(adapter, row, args))
@@ -210,6 +218,7 @@ def run(args) -> dict:
             adapter = work / f"adapter-{row.key}"
             cfg = TrainConfig(model=args.model, data=[str(data["train-related"]), str(data["train-copy"])],
                               out=str(adapter), pattern=row.pattern, markers=row.markers, echo_tokens=echo,
+                              block_positions=row.block_positions,
                               lora=LoraSettings(), learning_rate=args.learning_rate, marker_lr=args.marker_lr,
                               marker_init=args.marker_init, batch_size=args.batch_size, max_steps=args.steps,
                               warmup_ratio=0.1, logging_steps=max(1, args.steps // 10), device="cpu",
@@ -228,7 +237,8 @@ def run(args) -> dict:
         for regime in args.regimes:
             t = time.perf_counter()
             saved[regime] = nll[regime][row.key] = window_token_nll(
-                model, tok, val[regime], row.pattern, row.markers, echo=echo, batch_size=args.eval_batch_size)
+                model, tok, val[regime], row.pattern, row.markers, echo=echo, batch_size=args.eval_batch_size,
+                block_positions=row.block_positions)
             record[f"{regime}_eval_seconds"] = round(time.perf_counter() - t, 1)
         record["seconds"] = round(time.perf_counter() - started, 1)
         torch.save(saved, tensors)
@@ -261,9 +271,10 @@ def check_reused(adapter: Path, row: Row, args) -> dict:
     data settings and optimiser. Its budget (steps x batch) may differ; it is returned and shown."""
     from flashback_rag.training.adapters import read_meta
 
-    training = read_meta(adapter).get("training", {})
+    training = {"block_positions": "after", **read_meta(adapter).get("training", {})}   # (older adapters)
     prepared = training.get("prepared", {})
     want = {"pattern": row.pattern, "markers": row.markers, "echo_tokens": row.echo_tokens(args.echo_tokens),
+            "block_positions": row.block_positions,
             "learning_rate": args.learning_rate, "marker_lr": args.marker_lr, "marker_init": args.marker_init,
             "seed": args.seed, "model": args.model}
     want_prepared = {"stride": args.stride, "query_tokens": args.query_tokens, "doc_tokens": args.doc_tokens,

@@ -59,6 +59,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
     g.add_argument("--top-k", type=int, default=None, help="passages per retrieval (default 1)")
     g.add_argument("--echo-tokens", type=int, default=None,
                    help="append: repeat the last N prefix tokens after the passage block (default 0)")
+    g.add_argument("--block-positions", choices=("after", "before"), default=None,
+                   help="append: the block's position ids, after the prefix (the paper's) or before the "
+                        "first token (default: the model's, else after)")
     g.add_argument("--max-context", type=int, default=None, help="cap the context window (tokens)")
     g.add_argument("--strict", action="store_true", help="stop when the retriever fails (default: skip)")
     g.add_argument("--retrieval-timeout", type=float, default=None,
@@ -69,7 +72,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
 
 
 ENGINE_FIELDS = ("pattern", "markers", "stride", "query_tokens", "doc_tokens", "top_k", "echo_tokens",
-                 "max_context", "retrieval_timeout")
+                 "block_positions", "max_context", "retrieval_timeout")
 
 
 def config_from_args(args: argparse.Namespace, base: FlashBackConfig | None = None) -> FlashBackConfig:

@@ -25,6 +25,7 @@ from typing import Any
 from .errors import ConfigError
 
 PATTERNS = ("append", "prepend", "none")
+BLOCK_POSITIONS = ("after", "before")
 MARK_L = "<MARK_L>"
 MARK_R = "<MARK_R>"
 
@@ -44,6 +45,13 @@ class FlashBackConfig:
                    (``x[:i] + [MARK_L] + P + [MARK_R] + x[i-k:i] + x[i:]``), which hands the model back
                    its place in the text after the passage. The echo belongs to the block, so the prefix's
                    cache stays exact. 0 is the paper's layout.
+    block_positions: append only: the position ids the block takes. "after" (the paper's): the block
+                   follows the prefix in position too, and the text after it is shifted by the block's length.
+                   "before": the block takes the positions just before the first token (-len(block)..-1), as
+                   if it were prepended, while the echo and the text keep their own positions. The cache
+                   layout is unchanged (the block is still appended and cropped); for the tokens after the
+                   block, position-wise, it reads like prepend. Needs a model with relative (rotary)
+                   positions and the transformers backend.
     max_context:   cap on the logical context length (defaults to the model's maximum positions).
     strict:        a retriever that raises stops generation instead of being skipped with a warning.
     passage_template: how a passage is turned into text; ``{title}`` and ``{text}`` are filled in, and an
@@ -59,6 +67,7 @@ class FlashBackConfig:
     doc_tokens: int = 128
     top_k: int = 1
     echo_tokens: int = 0
+    block_positions: str = "after"
     max_context: int | None = None
     strict: bool = False
     passage_template: str = "{title}\n{text}"
@@ -73,6 +82,9 @@ class FlashBackConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.block_positions not in BLOCK_POSITIONS:
+            raise ConfigError(f"unknown block_positions {self.block_positions!r}; choose one of "
+                              f"{', '.join(BLOCK_POSITIONS)}")
         if isinstance(self.echo_tokens, bool) or not isinstance(self.echo_tokens, int) or self.echo_tokens < 0:
             raise ConfigError(f"echo_tokens must be a non-negative integer, got {self.echo_tokens!r}")
         if self.max_context is not None and (
@@ -112,6 +124,11 @@ class FlashBackConfig:
     def layout_echo(self) -> int:
         """Echo tokens the layout really uses: the echo only exists in the appended layout."""
         return self.echo_tokens if self.pattern == "append" else 0
+
+    @property
+    def layout_block_positions(self) -> str:
+        """Block positions the layout really uses: "before" only exists in the appended layout."""
+        return self.block_positions if self.pattern == "append" else "after"
 
     def replace(self, **changes: Any) -> "FlashBackConfig":
         """A copy with some fields changed (validated again)."""
@@ -162,4 +179,4 @@ def config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(FlashBackConfig)]
 
 
-__all__ = ["FlashBackConfig", "PATTERNS", "MARK_L", "MARK_R", "config_fields", "field"]
+__all__ = ["FlashBackConfig", "PATTERNS", "BLOCK_POSITIONS", "MARK_L", "MARK_R", "config_fields", "field"]

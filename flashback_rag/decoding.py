@@ -41,7 +41,7 @@ from .config import FlashBackConfig
 from .backends import Backend, SamplingSettings, TransformersBackend
 from .errors import BackendError, ConfigError, RetrievalError
 from .models import add_marker_tokens, marker_ids
-from .patterns import build_block, encode_passage, logical_context
+from .patterns import build_block, encode_passage, logical_context, logical_positions
 from .results import GenerationResult, RetrievalRecord, SlideRecord
 from .retrievers.base import Passage, Retriever
 from .sampling import RepetitionControls, Sampler, TextAssembler
@@ -72,6 +72,19 @@ def _with_fields(config: FlashBackConfig | None, fields: dict[str, Any]) -> Flas
     return (config or FlashBackConfig()).replace(**fields) if fields else config
 
 
+def check_block_before(backend: Backend) -> None:
+    """``block_positions="before"`` needs a backend that takes position ids and a rotary-position model."""
+    from .models import relative_positions
+
+    if not getattr(backend, "custom_positions", False):
+        raise ConfigError(f"block_positions='before' needs position ids per token, which the {backend.name} "
+                          "backend cannot take: use the transformers backend, or block_positions='after'")
+    if not relative_positions(backend.model_type):
+        raise ConfigError(f"block_positions='before' gives the block positions below 0, which a "
+                          f"{backend.model_type} model (learned absolute positions) cannot read: use "
+                          "block_positions='after'")
+
+
 class TextStream:
     """Iterate to get text deltas as they are generated; ``.result`` holds the full result afterwards."""
 
@@ -95,6 +108,8 @@ class FlashBack:
             raise ConfigError("FlashBack needs a model or a backend")
         self.model, self.tokenizer, self.retriever = model, tokenizer, retriever
         self.backend: Backend = backend if backend is not None else TransformersBackend(model)
+        if cfg.layout_block_positions == "before":
+            check_block_before(self.backend)
         # Markers are added to the vocabulary only when this engine uses them; their ids are looked up.
         # A vLLM backend serves a fixed vocabulary: there they must already be in it (flashback export).
         if not (cfg.retrieves and cfg.markers):
@@ -194,7 +209,7 @@ class FlashBack:
         c = self.config
         return (f"FlashBack(model={self.backend.model_type}, backend={self.backend.name}, pattern={c.pattern}, markers={c.markers}, "
                 f"stride={c.stride}, query_tokens={c.query_tokens}, doc_tokens={c.doc_tokens}, top_k={c.top_k}, "
-                f"echo_tokens={c.echo_tokens})")
+                f"echo_tokens={c.echo_tokens}, block_positions={c.block_positions})")
 
     # ------------------------------------------------------------------------ public API
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,
@@ -373,8 +388,10 @@ class FlashBack:
                         ahead = min(left, self.max_context - anchor - n + max(anchor, window) + 1)
                 # 3. the backend continues the logical context; the loop keeps the running text
                 context = logical_context(cfg.pattern, tokens, point, block, anchor, window, cfg.echo_tokens)
+                positions = logical_positions(cfg.pattern, tokens, point, block, anchor, window, cfg.echo_tokens,
+                                              cfg.block_positions)
                 produced = 0
-                for token in session.segment(context, ahead, tokens):
+                for token in session.segment(context, ahead, tokens, positions):
                     produced += 1
                     step += 1
                     if token == eos:

@@ -70,10 +70,13 @@ class _Source:
         self._cache_key = cache_keyword(model)
         self._sync = self.device.type == "cuda"
 
-    def _run(self, ids: Sequence[int], **kwargs) -> torch.Tensor:
-        """One forward over ``ids``; returns the last position's logits (vocab,)."""
+    def _run(self, ids: Sequence[int], positions: Sequence[int] | None = None, **kwargs) -> torch.Tensor:
+        """One forward over ``ids`` (at ``positions``, else where the model puts them); returns the last
+        position's logits (vocab,)."""
         start = time.perf_counter()
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        if positions is not None:
+            kwargs["position_ids"] = torch.tensor([list(positions)], dtype=torch.long, device=self.device)
         out = self.model(input_ids=input_ids, **kwargs, **self._keep_last)
         logits = out.logits[0, -1]
         if self._sync:
@@ -99,6 +102,7 @@ class CachedLogits(_Source):
         self.capacity = capacity
         self.cache = None
         self.held: list[int] = []       # the logical tokens whose keys/values the cache holds
+        self.held_positions: list[int] = []   # ... and the position ids they were computed at
 
     def _fresh(self):
         from .growing_cache import DEFAULT_CAPACITY, GrowingCache
@@ -106,30 +110,42 @@ class CachedLogits(_Source):
         # A full-attention cache in preallocated buffers: every layer can be cropped to any length.
         return GrowingCache(self.capacity or DEFAULT_CAPACITY)
 
-    def resync(self, context: list[int]) -> torch.Tensor:
-        """Logits for an arbitrary new ``context``: keep the common prefix, feed the rest."""
-        keep = min(common_prefix_len(self.held, context), len(context) - 1)
+    def resync(self, context: list[int], positions: Sequence[int] | None = None) -> torch.Tensor:
+        """Logits for an arbitrary new ``context`` (at ``positions``, default ``0..n-1``): keep the common
+        prefix, feed the rest. A kept key must match in token *and* position (rotary keys carry it)."""
+        positions = list(range(len(context))) if positions is None else list(positions)
+        keep = min(common_prefix_len(self.held, context), common_prefix_len(self.held_positions, positions),
+                   len(context) - 1)
         if self.cache is None:
             self.cache = self._fresh()
         crop_cache(self.cache, keep)    # keep == 0 empties it but keeps its buffers
         self.stats.reused_tokens += keep
-        self.held = self.held[:keep]
-        return self._feed(context[keep:])
+        self.held, self.held_positions = self.held[:keep], self.held_positions[:keep]
+        return self._feed(context[keep:], positions[keep:])
 
     def extend(self, token: int) -> torch.Tensor:
         """Logits after appending one token to the context the cache already holds."""
-        return self._feed([token])
+        return self._feed([token], [self.held_positions[-1] + 1])
 
-    def _feed(self, ids: Sequence[int]) -> torch.Tensor:
-        logits = self._run(ids, **{self._cache_key: self.cache}, use_cache=True)
+    def _feed(self, ids: Sequence[int], positions: list[int]) -> torch.Tensor:
+        # Positions that simply continue the cache are left to the model, so the default layouts run the
+        # very same forward as before (and models with learned absolute positions never see any).
+        given = None if positions == list(range(len(self.held), len(self.held) + len(ids))) else positions
+        logits = self._run(ids, given, **{self._cache_key: self.cache}, use_cache=True)
         self.held.extend(ids)
+        self.held_positions.extend(positions)
         return logits
 
 
 class RecomputedLogits(_Source):
     """Reference mode: every step recomputes the whole logical context from scratch, no cache."""
 
-    def resync(self, context: list[int]) -> torch.Tensor:
-        return self._run(context, use_cache=False)
+    def resync(self, context: list[int], positions: Sequence[int] | None = None) -> torch.Tensor:
+        if positions is None:
+            return self._run(context, use_cache=False)
+        # An explicit mask: with position ids and no mask, transformers reads a drop in the positions as
+        # the start of another packed sequence and would hide the prefix from the block's readers.
+        mask = torch.ones((1, len(context)), dtype=torch.long, device=self.device)
+        return self._run(context, positions, attention_mask=mask, use_cache=False)
 
     extend = None   # the reference mode always passes the whole context

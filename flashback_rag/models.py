@@ -112,6 +112,20 @@ def byte_level_tokenizer():
     )
 
 
+# Model types whose attention reads positions only relative to each other (rotary embeddings), so a
+# block may sit at positions below 0 (block_positions="before"). Learned absolute positions (gpt2, opt)
+# have no row for a negative position.
+RELATIVE_POSITION_MODEL_TYPES = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text",
+    "phi3", "olmo", "olmo2", "granite", "cohere", "stablelm", "gpt_neox", "starcoder2", "smollm3", "deepseek_v3",
+})
+
+
+def relative_positions(model_type: str) -> bool:
+    """Whether models of ``model_type`` read positions relative to each other only (rotary)."""
+    return model_type in RELATIVE_POSITION_MODEL_TYPES
+
+
 # Shapes of the tiny random models, keyed by model_type. Small enough that a forward is ~1 ms.
 _TINY_SHAPES: dict[str, dict[str, Any]] = {
     "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

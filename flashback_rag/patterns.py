@@ -4,7 +4,7 @@ One function, :func:`logical_context`, defines the token sequence the model read
 cached decoding loop, the reference (recompute) mode, data preparation and evaluation all use it, so
 the layout trained on is the layout decoded with.
 
-    >>> from flashback_rag.patterns import build_block, logical_context
+    >>> from flashback_rag.patterns import build_block, logical_context, logical_positions
     >>> from flashback_rag.models import MarkerIds
     >>> block = build_block([[7, 8]], MarkerIds(100, 101))
     >>> block
@@ -16,12 +16,18 @@ the layout trained on is the layout decoded with.
     [100, 7, 8, 101, 1, 2, 3, 4, 5]
     >>> logical_context("append", tokens, point=3, block=block, echo=2)   # echo the last 2 prefix tokens
     [1, 2, 3, 100, 7, 8, 101, 2, 3, 4, 5]
+    >>> logical_positions("append", tokens, point=3, block=block, echo=2, block_positions="before")
+    [0, 1, 2, -4, -3, -2, -1, 1, 2, 3, 4]
 
 Append at retrieval point i: ``x[:i] + [MARK_L] + passages + [MARK_R] + x[i:]``: no prefix token ever
 attends to a passage, which is what keeps its cached keys and values exact across re-retrievals.
 Append with echo ``k``: ``x[:i] + [MARK_L] + passages + [MARK_R] + x[i-k:i] + x[i:]``; the echoed
 copy belongs to the block (it is cropped with it), so the same invariant holds. No block, no echo.
 Prepend: ``passages + x`` (after a leading BOS "anchor" if the tokenizer adds one).
+Position ids (:func:`logical_positions`) are ``0..n-1`` in the order above, except for append with
+``block_positions="before"``: the block sits at the positions before the first token, as a prepended
+block would, and the echo and the text keep their own positions, so the tokens after the block read the
+prefix at its usual distances.
 Tokens before ``window`` (but after the anchor) have slid out of the context window.
 """
 
@@ -68,6 +74,24 @@ def logical_context(pattern: str, tokens: Sequence[int], point: int, block: Sequ
     if pattern == "prepend":
         return head + list(block) + list(tokens[start:])
     return head + list(tokens[start:])
+
+
+def logical_positions(pattern: str, tokens: Sequence[int], point: int, block: Sequence[int],
+                      anchor: int = 0, window: int = 0, echo: int = 0, block_positions: str = "after"
+                      ) -> list[int] | None:
+    """Position ids of :func:`logical_context`'s sequence, or None where they are simply ``0..n-1``.
+
+    Only the appended layout with ``block_positions="before"`` and a block has others: the block takes
+    ``-len(block)..-1`` (the positions a prepended block would have relative to the text), the echo
+    repeats its tokens' own positions, and the text after the point continues from the prefix's.
+    """
+    if pattern != "append" or block_positions != "before" or not block:
+        return None
+    start = max(anchor, window)
+    first, _ = echo_span(point, start, echo)
+    prefix = anchor + point - start                  # tokens before the block, at 0..prefix-1
+    return (list(range(prefix)) + list(range(-len(block), 0)) + list(range(prefix - (point - first), prefix))
+            + list(range(prefix, prefix + len(tokens) - point)))
 
 
 def format_passage(passage: Passage, template: str = "{title}\n{text}") -> str:

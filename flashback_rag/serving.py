@@ -28,30 +28,32 @@ def served_settings(folder: str | os.PathLike | None) -> FlashBackConfig | None:
     return adapter_config(folder)
 
 
-def vllm_folder(name_or_path: str, adapter: str | os.PathLike | None = None) -> Path:
-    """A folder vLLM can load for ``name_or_path``: itself when it is one (and no adapter is given),
-    else an export (merged, markers added when the settings use them) cached under the flashback cache."""
+def vllm_folder(name_or_path: str, adapter: str | os.PathLike | None = None,
+                config: FlashBackConfig | None = None) -> Path:
+    """A folder vLLM can load for ``name_or_path``: itself when it is one (and no adapter or config is
+    given), else an export (merged, markers added when the settings use them) cached under the flashback
+    cache. ``config``: the settings its ``flashback.json`` records (default: the model's own)."""
     from .adapters import export_merged
     from .io_utils import cache_root
 
     path = Path(str(name_or_path)).expanduser()
-    if adapter is None and (path / "config.json").is_file():
+    if adapter is None and config is None and (path / "config.json").is_file():
         return path
-    key = _fingerprint(str(name_or_path), adapter)
+    key = _fingerprint(str(name_or_path), adapter, config)
     out = cache_root() / "vllm" / f"{Path(str(name_or_path)).name}-{key}"
     if not (out / "config.json").is_file():
-        export_merged(str(name_or_path), adapter, out)
+        export_merged(str(name_or_path), adapter, out, config=config)
     return out
 
 
-def _fingerprint(name: str, adapter: str | os.PathLike | None) -> str:
-    """What the export is made of: the name, and the bytes of the adapter folder (the given one, or a
-    shipped model's), so a retrained adapter never reuses a stale export."""
+def _fingerprint(name: str, adapter: str | os.PathLike | None, config: FlashBackConfig | None = None) -> str:
+    """What the export is made of: the name, the settings it records, and the bytes of the adapter folder
+    (the given one, or a shipped model's), so a retrained adapter never reuses a stale export."""
     import hashlib
 
     from .models import SHIPPED, shipped_adapter
 
-    digest = hashlib.sha256(name.encode())
+    digest = hashlib.sha256(name.encode() + (config.to_json().encode() if config is not None else b""))
     folder = Path(adapter) if adapter is not None else (shipped_adapter(name) if name in SHIPPED else None)
     if folder is not None:
         for file in sorted(f for f in folder.iterdir() if f.is_file() and not f.name.endswith(".md")):

@@ -7,7 +7,8 @@
 #   bash training/smollm2_flashback.sh [WORK_DIR] [ADAPTER_OUT]      # ~35 min on 2 idle CPU cores
 #   STEPS=2 POINTS=64 bash training/smollm2_flashback.sh /tmp/w       # a smoke pass of every step
 #   ECHO=32 bash training/smollm2_flashback.sh                        # the echo-32 variant (measured worse)
-#   COPY_PERCENT=50 bash training/smollm2_flashback.sh                # another share of "copy" windows
+#   COPY_PERCENT=25 bash training/smollm2_flashback.sh                # another share of "copy" windows
+#   BLOCK_POSITIONS=after bash training/smollm2_flashback.sh          # the paper's positions (vLLM can serve it)
 # Corpus: Debian's python3.11-doc reST sources (fetched with apt-get download), split by a seeded hash of the
 # title into index / train / validation documents (flashback_rag/python_doc_corpus.py). Half the training
 # windows retrieve from the index documents only ("related"), half from an index that also holds the
@@ -22,6 +23,7 @@ STEPS=${STEPS:-150}
 POINTS=${POINTS:-3000}
 BATCH=${BATCH:-4}
 ECHO=${ECHO:-16}
+BLOCK_POSITIONS=${BLOCK_POSITIONS:-before}
 COPY_PERCENT=${COPY_PERCENT:-50}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 MODEL=smollm2-135m
@@ -64,6 +66,6 @@ if (( COPY_POINTS > 0 )); then
 fi
 # 4. LoRA + markers on the append + echo layout, both regimes mixed, BATCH packed windows a step
 $FLASHBACK train --model $MODEL --data "${DATA[@]}" --out "$OUT" \
-    --pattern append --markers --echo-tokens $ECHO --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
+    --pattern append --markers --echo-tokens $ECHO --block-positions $BLOCK_POSITIONS --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
     --warmup-ratio 0.1 --logging-steps $(( STEPS >= 10 ? STEPS / 10 : 1 )) --seed 42 --report-to none --quiet
 echo "adapter written to $OUT"

@@ -50,9 +50,12 @@ class SamplingSettings:
 class Session(Protocol):
     """One generation's state on a backend (its KV cache, its sampler)."""
 
-    def segment(self, context: list[int], max_tokens: int, history: Sequence[int]) -> Iterator[int]:
+    def segment(self, context: list[int], max_tokens: int, history: Sequence[int],
+                positions: Sequence[int] | None = None) -> Iterator[int]:
         """Yield up to ``max_tokens`` tokens continuing ``context``; ``history`` is the running text
-        (prompt + generated, no passages), for repetition controls. EOS, when produced, is yielded."""
+        (prompt + generated, no passages), for repetition controls. EOS, when produced, is yielded.
+        ``positions``: the context's position ids where they are not ``0..n-1`` (only on a backend
+        whose ``custom_positions`` is true); generated tokens continue from the last one."""
         ...
 
     def close(self) -> None:
@@ -64,6 +67,7 @@ class Backend(Protocol):
 
     name: str
     concurrent: bool          # True when many sessions may run at once from threads (vLLM batches them)
+    custom_positions: bool    # True when a segment may carry its own position ids
 
     def session(self, result: GenerationResult, sampling: SamplingSettings, *, use_cache: bool = True,
                 capacity: int | None = None) -> Session:

@@ -29,6 +29,7 @@ class TransformersBackend:
 
     name = "transformers"
     concurrent = False
+    custom_positions = True      # takes position ids per token (block_positions="before")
 
     def __init__(self, model) -> None:
         self.model = model
@@ -65,11 +66,12 @@ class TransformersSession:
         self.controls = RepetitionControls(sampling.repetition_penalty, sampling.no_repeat_ngram_size)
         self.banned = list(sampling.banned_ids)
 
-    def segment(self, context: list[int], max_tokens: int, history: Sequence[int]) -> Iterator[int]:
+    def segment(self, context: list[int], max_tokens: int, history: Sequence[int],
+                positions: Sequence[int] | None = None) -> Iterator[int]:
         stats = self.result.stats
         with torch.inference_mode():
             reused = stats.reused_tokens
-            logits = self.source.resync(context)
+            logits = self.source.resync(context, positions)
             stats.request_prompt_tokens.append(len(context))
             stats.request_cached_tokens.append(stats.reused_tokens - reused)
             produced: list[int] = []
@@ -77,7 +79,7 @@ class TransformersSession:
                 if i:
                     # between retrieval points the cache only grows; the reference recomputes it all
                     logits = (self.source.extend(produced[-1]) if self.use_cache
-                              else self.source.resync(context + produced))
+                              else self.source.resync(context + produced, _continued(positions, len(produced))))
                 token = self._pick(logits, history)
                 produced.append(token)
                 yield token
@@ -96,3 +98,10 @@ class TransformersSession:
 
     def close(self) -> None:
         self.source = None
+
+
+def _continued(positions: Sequence[int] | None, more: int) -> list[int] | None:
+    """``positions`` followed by ``more`` tokens, each one position further (None stays the default)."""
+    if positions is None:
+        return None
+    return list(positions) + list(range(positions[-1] + 1, positions[-1] + 1 + more))

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import BackendError, MissingDependencyError
+from ..errors import BackendError, ConfigError, MissingDependencyError
 from ..results import GenerationResult
 from .base import SamplingSettings
 from .vllm_common import check_supported, finish_tokens, record_request, request_sampling
@@ -54,6 +54,7 @@ class VLLMEngineBackend:
 
     name = "vllm"
     concurrent = True
+    custom_positions = False     # vLLM numbers a request's tokens itself
 
     def __init__(self, model: str, **engine: Any) -> None:
         vllm, AsyncLLM, self._kind = _vllm()
@@ -142,7 +143,10 @@ class EngineSession:
         self.backend, self.result, self.sampling = backend, result, sampling
         self.segments = 0
 
-    def segment(self, context: list[int], max_tokens: int, history: Sequence[int]) -> Iterator[int]:
+    def segment(self, context: list[int], max_tokens: int, history: Sequence[int],
+                positions: Sequence[int] | None = None) -> Iterator[int]:
+        if positions is not None:        # FlashBack refuses such a config before any request
+            raise ConfigError("vLLM cannot take position ids per token (block_positions='before')")
         params = request_sampling(self.sampling, max_tokens, self.segments)
         self.segments += 1
         started = time.perf_counter()

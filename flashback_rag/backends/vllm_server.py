@@ -43,6 +43,7 @@ class VLLMServerBackend:
 
     name = "vllm-server"
     concurrent = True
+    custom_positions = False     # vLLM numbers a request's tokens itself
 
     def __init__(self, base_url: str, model: str | None = None, *, timeout: float = 120.0,
                  max_context: int | None = None, api_key: str | None = None) -> None:
@@ -130,7 +131,10 @@ class ServerSession:
         self.conn: http.client.HTTPConnection | None = None
         self.segments = 0
 
-    def segment(self, context: list[int], max_tokens: int, history: Sequence[int]) -> Iterator[int]:
+    def segment(self, context: list[int], max_tokens: int, history: Sequence[int],
+                positions: Sequence[int] | None = None) -> Iterator[int]:
+        if positions is not None:        # FlashBack refuses such a config before any request
+            raise ConfigError("vLLM cannot take position ids per token (block_positions='before')")
         b = self.backend
         # continuous usage: every event carries the usage, so a request the loop stops early (EOS, a
         # stop string) is still recorded with its cached tokens

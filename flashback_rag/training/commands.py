@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import FlashBackConfig
+from ..config import BLOCK_POSITIONS, FlashBackConfig
 from ..errors import FlashBackError
 from .output import drop_unused_prepare_record, staged_training_output
 
@@ -59,7 +59,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model=args.model, data=args.data if len(args.data) > 1 else args.data[0], out=args.out, pattern=args.pattern, markers=args.markers,
         tune=args.tune, lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                           targets=args.lora_targets),
-        top_k=args.top_k, echo_tokens=args.echo_tokens, pack=args.pack, learning_rate=args.learning_rate,
+        top_k=args.top_k, echo_tokens=args.echo_tokens, block_positions=args.block_positions, pack=args.pack,
+        learning_rate=args.learning_rate,
         marker_lr=args.marker_lr, marker_init=args.marker_init, weight_decay=args.weight_decay,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
         epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, eval_steps=args.eval_steps,
@@ -76,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_ppl(args: argparse.Namespace) -> int:
-    from ..models import load_model
+    from ..models import load_model, relative_positions
     from ..retrievers import load_index
     from ..adapters import adapter_config
     from .data import read_examples
@@ -96,17 +97,22 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     pattern = args.pattern or (trained.pattern if trained else "append")
     markers = args.markers if args.markers is not None else (trained.markers if trained else True)
     echo = args.echo_tokens if args.echo_tokens is not None else (trained.echo_tokens if trained else 0)
+    block_positions = args.block_positions or (trained.block_positions if trained else "after")
+    if pattern == "append" and block_positions == "before" and not relative_positions(model.config.model_type):
+        raise FlashBackError(f"--block-positions before gives the block positions below 0, which a "
+                             f"{model.config.model_type} model (learned absolute positions) cannot read")
     if args.data:
         split = Path(args.data) / args.split
         if args.multi == "concat" and args.pack is not False and (split / "windows").is_dir():
             records = read_prepared_windows(split, args.max_examples)
             result = windows_perplexity(model, tokenizer, records, pattern, markers, args.top_k, echo,
                                         pack=args.pack is not False, batch_size=max(1, args.batch_size // 2),
-                                        show_progress=not args.quiet)
+                                        show_progress=not args.quiet, block_positions=block_positions)
         else:
             examples = read_examples(split, args.max_examples)
             result = prepared_perplexity(model, tokenizer, examples, pattern, markers, args.top_k, args.multi,
-                                         args.batch_size, show_progress=not args.quiet, echo=echo)
+                                         args.batch_size, show_progress=not args.quiet, echo=echo,
+                                         block_positions=block_positions)
         result.pop("example_nll", None)
         result["data"] = str(split)
     else:
@@ -121,7 +127,7 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
         result = text_perplexity(model, tokenizer, Path(args.text).read_text(encoding="utf-8"), retriever,
                                  pattern, markers, stride, query_tokens, doc_tokens, top_k,
                                  args.max_positions, args.max_tokens, args.batch_size,
-                                 show_progress=not args.quiet, echo=echo)
+                                 show_progress=not args.quiet, echo=echo, block_positions=block_positions)
         result["text"] = str(args.text)
         if other is not None:
             result["compare"] = {"file": str(args.compare), **compare_text_results(result, other)}
@@ -203,6 +209,9 @@ def add_commands(subparsers) -> None:
     t.add_argument("--top-k", type=int, default=None)
     t.add_argument("--echo-tokens", type=int, default=0,
                    help="append: repeat the last N prefix tokens after the passage block")
+    t.add_argument("--block-positions", choices=BLOCK_POSITIONS, default="after",
+                   help="append: the position ids of the passage block: after the prefix (the paper's), or "
+                        "before the first token, as if prepended, the text keeping its own positions")
     t.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                    help="packed windows: each window read once with all its retrieval points (default); "
                         "--no-pack: one example per point")
@@ -249,6 +258,8 @@ def add_commands(subparsers) -> None:
     ppl.add_argument("--markers", action=argparse.BooleanOptionalAction, default=None)
     ppl.add_argument("--top-k", type=int, default=None, help="passages used (default: all prepared)")
     ppl.add_argument("--echo-tokens", type=int, default=None, help="append echo (default: the adapter's, else 0)")
+    ppl.add_argument("--block-positions", choices=BLOCK_POSITIONS, default=None,
+                     help="append: where the block sits in position space (default: the adapter's, else after)")
     ppl.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
                      help="--data: score prepared windows, packed (default when present); --no-pack: per-point examples")
     ppl.add_argument("--multi", choices=("concat", "average", "average-probs"), default="concat",

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..errors import FlashBackError
-from ..patterns import build_block, logical_context
+from ..patterns import build_block, logical_context, logical_positions
 
 
 def layout(example: dict[str, Any], pattern: str, markers=None, top_k: int | None = None,
@@ -43,6 +43,21 @@ def layout(example: dict[str, Any], pattern: str, markers=None, top_k: int | Non
     block = build_block(chosen, markers) if pattern != "none" else []
     src, tgt = list(example["src"]), list(example["tgt"])
     return logical_context(pattern, src + tgt, point=len(src), block=block, echo=echo)
+
+
+def layout_item(example: dict[str, Any], pattern: str, markers=None, top_k: int | None = None,
+                passages: Sequence[Sequence[int]] | None = None, echo: int = 0,
+                block_positions: str = "after") -> dict[str, Any]:
+    """What a batch holds of one example: ``input_ids``, ``n_tgt`` and, where the layout has its own
+    positions (``block_positions="before"``), ``position_ids``."""
+    item = {"input_ids": layout(example, pattern, markers, top_k, passages, echo), "n_tgt": len(example["tgt"])}
+    chosen = example["passages"][:top_k] if passages is None else passages
+    block = build_block(chosen, markers) if pattern != "none" else []
+    src, tgt = list(example["src"]), list(example["tgt"])
+    positions = logical_positions(pattern, src + tgt, len(src), block, echo=echo, block_positions=block_positions)
+    if positions is not None:
+        item["position_ids"] = positions
+    return item
 
 
 def read_examples(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -71,8 +86,8 @@ class LayoutDataset(torch.utils.data.Dataset):
     """Prepared examples laid out for one pattern; items are ``{"input_ids", "n_tgt"}``."""
 
     def __init__(self, examples: list[dict[str, Any]], pattern: str, markers=None, top_k: int | None = None,
-                 echo: int = 0):
-        self.items = [{"input_ids": layout(ex, pattern, markers, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
+                 echo: int = 0, block_positions: str = "after"):
+        self.items = [layout_item(ex, pattern, markers, top_k, echo=echo, block_positions=block_positions)
                       for ex in examples]
 
     def __len__(self) -> int:
@@ -83,7 +98,11 @@ class LayoutDataset(torch.utils.data.Dataset):
 
 
 class LeftPadCollator:
-    """Left-pad a list of ``{"input_ids", "n_tgt"}`` into tensors; ``labels`` is -100 outside ``tgt``."""
+    """Left-pad a list of ``{"input_ids", "n_tgt"}`` into tensors; ``labels`` is -100 outside ``tgt``.
+
+    Items with their own ``position_ids`` give the batch a ``position_ids`` tensor (the others count
+    their real tokens from 0; padding sits at 0).
+    """
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -93,13 +112,20 @@ class LeftPadCollator:
         ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
         labels = torch.full((len(items), width), -100, dtype=torch.long)
+        positions = (torch.zeros((len(items), width), dtype=torch.long)
+                     if any("position_ids" in it for it in items) else None)
         for row, it in enumerate(items):
             seq = torch.tensor(it["input_ids"], dtype=torch.long)
             ids[row, width - len(seq):] = seq
             mask[row, width - len(seq):] = 1
             n = it["n_tgt"]
             labels[row, width - n:] = seq[len(seq) - n:]
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            if positions is not None:
+                positions[row, width - len(seq):] = torch.tensor(it.get("position_ids", range(len(seq))))
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if positions is not None:
+            batch["position_ids"] = positions
+        return batch
 
 
 def _accepts(model, name: str) -> bool:
@@ -107,10 +133,12 @@ def _accepts(model, name: str) -> bool:
     return name in inspect.signature(forward).parameters
 
 
-def tail_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
+def tail_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Logits ``(B, keep, V)`` that predict the last ``keep`` tokens of each left-padded row."""
-    # Positions count real tokens only (left padding must not shift them).
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    # Positions count real tokens only (left padding must not shift them), unless the layout has its own.
+    if position_ids is None:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
     if _accepts(model, "position_ids"):
         kwargs["position_ids"] = position_ids
@@ -134,7 +162,8 @@ def token_nll(model, batch: dict[str, torch.Tensor], banned: Sequence[int] = ())
     targets ``(B, keep)`` (-100 outside ``tgt``)."""
     labels = batch["labels"]
     keep = int((labels != -100).sum(-1).max())
-    logits = tail_logits(model, batch["input_ids"], batch["attention_mask"], keep)   # (B, keep, V)
+    logits = tail_logits(model, batch["input_ids"], batch["attention_mask"], keep,
+                         batch.get("position_ids"))                                    # (B, keep, V)
     logits = mask_banned(logits.float(), banned)
     targets = labels[:, -keep:]                                                        # (B, keep)
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),

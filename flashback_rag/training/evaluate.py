@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .data import LeftPadCollator, batched, layout, mask_banned, tail_logits, token_nll
+from .data import LeftPadCollator, batched, layout_item, mask_banned, tail_logits, token_nll
 from .intervals import bootstrap_means, group_sums, ppl_interval, ratio_interval
 from .packing import PACKABLE, collate_packed, pack_record, packed_token_nll, unpack_record
 
@@ -74,7 +74,8 @@ def _setup(model, tokenizer, pattern: str, markers: bool, echo: int):
 @torch.no_grad()
 def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], pattern: str = "append",
                      markers: bool = True, top_k: int | None = None, echo: int = 0, pack: bool = True,
-                     batch_size: int = 4, show_progress: bool = False) -> torch.Tensor:
+                     batch_size: int = 4, show_progress: bool = False, block_positions: str = "after"
+                     ) -> torch.Tensor:
     """Per-token NLL ``(points, stride)`` of every point of ``records`` (in order), on the CPU.
 
     ``pack``: append / none read each window once (``batch_size`` windows a forward); otherwise, and
@@ -89,7 +90,7 @@ def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], patter
     if pack and pattern in PACKABLE:
         bar = tqdm(total=len(records), desc=f"ppl {pattern}", unit=" win", disable=not show_progress)
         for chunk in batched(list(records), batch_size):
-            packed = [pack_record(r, pattern, marks, top_k, echo) for r in chunk]
+            packed = [pack_record(r, pattern, marks, top_k, echo, block_positions=block_positions) for r in chunk]
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                      for k, v in collate_packed(packed, pad).items()}
             nll = packed_token_nll(model, batch, banned).float().cpu()
@@ -98,7 +99,7 @@ def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], patter
             bar.update(len(chunk))
     else:
         collate = LeftPadCollator(pad)
-        items = [{"input_ids": layout(ex, pattern, marks, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
+        items = [layout_item(ex, pattern, marks, top_k, echo=echo, block_positions=block_positions)
                  for r in records for ex in unpack_record(r)]
         # Batches of similar lengths waste little on padding; the rows go back in point order after.
         order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
@@ -117,13 +118,15 @@ def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], patter
 
 def windows_perplexity(model, tokenizer, records: Sequence[dict[str, Any]], pattern: str = "append",
                        markers: bool = True, top_k: int | None = None, echo: int = 0, pack: bool = True,
-                       batch_size: int = 4, show_progress: bool = False) -> dict[str, Any]:
+                       batch_size: int = 4, show_progress: bool = False, block_positions: str = "after"
+                       ) -> dict[str, Any]:
     """Perplexity over prepared windows, plus the mean loss at each offset after the retrieval point."""
     started = time.perf_counter()
     nll = window_token_nll(model, tokenizer, records, pattern, markers, top_k, echo, pack, batch_size,
-                           show_progress)
+                           show_progress, block_positions)
     mean = float(nll.mean())
     return {"pattern": pattern, "markers": markers and pattern != "none", "top_k": top_k, "echo_tokens": echo,
+            "block_positions": block_positions if pattern == "append" else "after",
             "packed": pack and pattern in PACKABLE, "windows": len(records), "examples": int(nll.shape[0]),
             "tokens": int(nll.numel()), "nll": mean, "ppl": math.exp(mean),
             "nll_by_position": [round(float(v), 5) for v in nll.mean(0)], "seconds": time.perf_counter() - started}
@@ -132,7 +135,8 @@ def windows_perplexity(model, tokenizer, records: Sequence[dict[str, Any]], patt
 @torch.no_grad()
 def prepared_perplexity(model, tokenizer, examples: Sequence[dict[str, Any]], pattern: str = "append",
                         markers: bool = True, top_k: int | None = None, multi: str = "concat",
-                        batch_size: int = 8, show_progress: bool = False, echo: int = 0) -> dict[str, Any]:
+                        batch_size: int = 8, show_progress: bool = False, echo: int = 0,
+                        block_positions: str = "after") -> dict[str, Any]:
     """Perplexity of ``tgt`` over ``examples`` laid out for ``pattern``."""
     from tqdm.auto import tqdm
 
@@ -147,31 +151,34 @@ def prepared_perplexity(model, tokenizer, examples: Sequence[dict[str, Any]], pa
     bar = tqdm(total=len(examples), desc=f"ppl {pattern}", unit=" ex", disable=not show_progress)
     for chunk in batched(list(examples), batch_size):
         if multi == "concat" or pattern == "none":
-            items = [{"input_ids": layout(ex, pattern, marks, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
+            items = [layout_item(ex, pattern, marks, top_k, echo=echo, block_positions=block_positions)
                      for ex in chunk]
             batch = {k: v.to(device) for k, v in collate(items).items()}
             nll, _ = token_nll(model, batch, banned)
             sums.extend(float(v) for v in nll.sum(-1))
         else:
-            sums.extend(_averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device, echo)[0]
-                        for ex in chunk)
+            sums.extend(_averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device, echo,
+                                      block_positions)[0] for ex in chunk)
         bar.update(len(chunk))
     bar.close()
     count = sum(len(ex["tgt"]) for ex in examples)
     mean = sum(sums) / max(count, 1)
     return {"pattern": pattern, "markers": marks is not None, "top_k": top_k, "multi": multi, "echo_tokens": echo,
+            "block_positions": block_positions if pattern == "append" else "after",
             "examples": len(examples), "tokens": count, "nll": mean, "ppl": math.exp(mean),
             "seconds": time.perf_counter() - started, "example_nll": sums}
 
 
-def _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device, echo=0) -> tuple[float, int]:
+def _averaged_nll(model, ex, pattern, marks, top_k, multi, banned, collate, device, echo=0,
+                  block_positions="after") -> tuple[float, int]:
     """One context per passage; average their next-token logits (or probabilities), score ``tgt``."""
     passages = ex["passages"][:top_k] or [[]]
-    items = [{"input_ids": layout(ex, pattern, marks, passages=[p] if p else [], echo=echo), "n_tgt": len(ex["tgt"])}
+    items = [layout_item(ex, pattern, marks, passages=[p] if p else [], echo=echo, block_positions=block_positions)
              for p in passages]
     batch = {k: v.to(device) for k, v in collate(items).items()}
     n = len(ex["tgt"])
-    logits = mask_banned(tail_logits(model, batch["input_ids"], batch["attention_mask"], n).float(), banned)
+    logits = mask_banned(tail_logits(model, batch["input_ids"], batch["attention_mask"], n,
+                                     batch.get("position_ids")).float(), banned)
     if multi == "average":
         logp = torch.log_softmax(logits.mean(0), -1)                       # (n, V)
     else:
@@ -185,7 +192,8 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
                     stride: int = 16, query_tokens: int = 32, doc_tokens: int = 128, top_k: int = 1,
                     max_positions: int | None = None, max_tokens: int | None = None, batch_size: int = 8,
                     passage_template: str = "{title}\n{text}", show_progress: bool = False,
-                    echo: int = 0, group_tokens: int = GROUP_TOKENS) -> dict[str, Any]:
+                    echo: int = 0, group_tokens: int = GROUP_TOKENS, block_positions: str = "after"
+                    ) -> dict[str, Any]:
     """Sliding-window perplexity of raw ``text`` with retrieval every ``stride`` tokens.
 
     Every token after the first ``stride`` is scored once, with the longest preceding context that fits
@@ -216,7 +224,7 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
                             passage_template=passage_template, echo_tokens=echo)
         examples = make_examples(tokens, retriever, tokenizer, cfg, "text", points)
     result = prepared_perplexity(model, tokenizer, examples, pattern, markers, top_k, "concat", batch_size,
-                                 show_progress, echo=echo)
+                                 show_progress, echo=echo, block_positions=block_positions)
     chunk_nll = result.pop("example_nll")
     sums, counts = text_groups(chunk_nll, [len(ex["tgt"]) for ex in examples], stride, group_tokens)
     result.update(stride=stride, max_positions=limit, text_tokens=len(tokens), group_tokens=group_tokens,

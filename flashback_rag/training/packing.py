@@ -63,11 +63,13 @@ class PackedSequence:
 
 
 def pack_window(window: Sequence[int], points: Sequence[int], blocks: Sequence[Sequence[int]], stride: int,
-                echo: int = 0) -> PackedSequence:
+                echo: int = 0, block_positions: str = "after") -> PackedSequence:
     """Lay out ``window`` once plus one segment per retrieval point (``blocks[j]`` belongs to ``points[j]``).
 
     ``points`` are offsets in the window with a full stride after them; ``echo`` repeats the last
-    ``echo`` tokens before the point after a non-empty block (the append + echo layout).
+    ``echo`` tokens before the point after a non-empty block (the append + echo layout). Positions are
+    :func:`flashback_rag.patterns.logical_positions`'s: with ``block_positions="before"`` a block sits
+    at ``-len(block)..-1`` and the echo and the copied chunk keep their window positions.
     """
     window = [int(t) for t in window]
     length = len(window)
@@ -87,7 +89,10 @@ def pack_window(window: Sequence[int], points: Sequence[int], blocks: Sequence[S
         body = list(block) + window[first:at]                      # block + echo, then the copied chunk
         base = len(packed.input_ids)
         packed.input_ids += body + chunk
-        packed.position_ids += list(range(at, at + len(body) + stride))
+        if block_positions == "before":
+            packed.position_ids += list(range(-len(block), 0)) + list(range(first, at + stride))
+        else:
+            packed.position_ids += list(range(at, at + len(body) + stride))
         packed.segment += [j] * (len(body) + stride)
         packed.sees_window += [at] * (len(body) + stride)
         for t in range(stride):
@@ -200,7 +205,8 @@ def _segments_logits(model, p: PackedSequence, pad_id: int, device) -> torch.Ten
     keep_rows = torch.zeros((count, most), dtype=torch.long)
     for r, (start, end, predicted) in enumerate(spans):
         ids[r, :end - start] = torch.tensor(p.input_ids[start:end])
-        pos[r] = p.position_ids[start] + torch.arange(width)
+        pos[r, :end - start] = torch.tensor(p.position_ids[start:end])
+        pos[r, end - start:] = p.position_ids[end - 1] + 1 + torch.arange(width - (end - start))   # padding
         sees[r], lengths[r] = p.sees_window[start], end - start
         keep_rows[r, :len(predicted)] = torch.tensor([i - start for i in predicted])
     q = torch.arange(width)
@@ -247,13 +253,14 @@ def window_blocks(record: dict[str, Any], pattern: str, markers=None, top_k: int
 
 
 def pack_record(record: dict[str, Any], pattern: str, markers=None, top_k: int | None = None,
-                echo: int = 0, stride: int | None = None) -> PackedSequence:
+                echo: int = 0, stride: int | None = None, block_positions: str = "after") -> PackedSequence:
     """A prepared window record (``flashback prepare``) packed for ``pattern`` (append or none)."""
     if pattern not in PACKABLE:
         raise ValueError(f"the {pattern!r} layout cannot be packed (its prefix attends to the passage)")
     stride = stride or record["stride"]
     return pack_window(record["tokens"], record["points"], window_blocks(record, pattern, markers, top_k),
-                       stride, echo if pattern == "append" else 0)
+                       stride, echo if pattern == "append" else 0,
+                       block_positions if pattern == "append" else "after")
 
 
 def unpack_window(window: Sequence[int], points: Sequence[int], passages: Sequence[Sequence[Sequence[int]]],

@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 
-from ..config import PATTERNS, FlashBackConfig
-from ..models import DEFAULT_MARKER_INIT, MARKER_INITS
+from ..config import BLOCK_POSITIONS, PATTERNS, FlashBackConfig
+from ..models import DEFAULT_MARKER_INIT, MARKER_INITS, relative_positions
 
 # Measured (benchmarks/results/marker_init.md): the marker rows start far from where they end up, and at
 # the LoRA learning rate they barely move in a CPU-sized run; their own, larger rate trains them.
 DEFAULT_MARKER_LR = 5e-3
 from ..errors import ConfigError, FlashBackError, MissingDependencyError
-from .data import LayoutDataset, LeftPadCollator, layout, read_examples, target_nll
+from .data import LayoutDataset, LeftPadCollator, layout_item, read_examples, target_nll
 from .packing import PACKABLE, collate_packed, pack_record, packed_token_nll, unpack_record
 from .prepare import read_prepared_args, read_windows, tokenizer_fingerprint
 from .tuning import TUNES, LoraSettings
@@ -55,6 +55,7 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     top_k: int | None = None              # passages per example (default: all that were prepared)
     echo_tokens: int = 0                  # append: repeat the last k prefix tokens after the block
+    block_positions: str = "after"        # append: "before" puts the block at positions -len..-1
     pack: bool = True                     # packed windows (see training/packing.py); False: per-point examples
     learning_rate: float = 2e-4
     marker_lr: float | None = DEFAULT_MARKER_LR   # the two marker rows' own learning rate (None: learning_rate)
@@ -93,6 +94,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if isinstance(self.echo_tokens, bool) or not isinstance(self.echo_tokens, int) or self.echo_tokens < 0:
             raise ConfigError(f"echo_tokens must be a non-negative integer, got {self.echo_tokens!r}")
+        if self.block_positions not in BLOCK_POSITIONS:
+            raise ConfigError(f"unknown block_positions {self.block_positions!r}; choose one of "
+                              f"{', '.join(BLOCK_POSITIONS)}")
         if self.marker_lr is not None and not self.marker_lr > 0:
             raise ConfigError(f"marker_lr must be positive, got {self.marker_lr!r}")
         if self.marker_init not in MARKER_INITS:
@@ -114,6 +118,10 @@ class TrainConfig:
     @property
     def layout_echo(self) -> int:
         return self.echo_tokens if self.pattern == "append" else 0
+
+    @property
+    def layout_block_positions(self) -> str:
+        return self.block_positions if self.pattern == "append" else "after"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,6 +231,9 @@ def train(cfg: TrainConfig, show_progress: bool = True):
                                  "mixed folders must share the layout settings")
     out = Path(cfg.out)
     model, tokenizer, markers, base = build_model(cfg)
+    if cfg.layout_block_positions == "before" and not relative_positions(model.config.model_type):
+        raise ConfigError(f"--block-positions before gives the block positions below 0, which a "
+                          f"{model.config.model_type} model (learned absolute positions) cannot read")
     for folder, args in zip(cfg.data_dirs, prepared):
         if args["tokenizer"]["fingerprint"] != tokenizer_fingerprint(tokenizer):
             raise FlashBackError(f"{folder} was prepared with another tokenizer "
@@ -275,11 +286,12 @@ class WindowDataset(torch.utils.data.Dataset):
     """Prepared windows, one item each: a packed sequence (append, none) or the window's separate examples."""
 
     def __init__(self, records: list[dict[str, Any]], pattern: str, markers=None, top_k: int | None = None,
-                 echo: int = 0) -> None:
+                 echo: int = 0, block_positions: str = "after") -> None:
         if pattern in PACKABLE:
-            self.items = [pack_record(r, pattern, markers, top_k, echo) for r in records]
+            self.items = [pack_record(r, pattern, markers, top_k, echo, block_positions=block_positions)
+                          for r in records]
         else:
-            self.items = [[{"input_ids": layout(ex, pattern, markers, top_k, echo=echo), "n_tgt": len(ex["tgt"])}
+            self.items = [[layout_item(ex, pattern, markers, top_k, echo=echo, block_positions=block_positions)
                            for ex in unpack_record(r)] for r in records]
 
     def __len__(self) -> int:
@@ -305,8 +317,10 @@ class WindowCollator:
 def _dataset(cfg: TrainConfig, split_dir: Path, limit: int | None, markers):
     """The training / evaluation set of one split, packed or per point."""
     if cfg.pack:
-        return WindowDataset(read_windows(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo)
-    return LayoutDataset(read_examples(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo)
+        return WindowDataset(read_windows(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo,
+                             cfg.layout_block_positions)
+    return LayoutDataset(read_examples(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo,
+                         cfg.layout_block_positions)
 
 
 def _evaluate(model, tokenizer, cfg: TrainConfig, split_dir: Path, markers) -> dict[str, float]:
@@ -315,10 +329,12 @@ def _evaluate(model, tokenizer, cfg: TrainConfig, split_dir: Path, markers) -> d
     was_training = model.training
     if cfg.pack:
         result = windows_perplexity(model, tokenizer, read_windows(split_dir, cfg.max_eval_examples), cfg.pattern,
-                                    markers is not None, cfg.top_k, cfg.layout_echo)
+                                    markers is not None, cfg.top_k, cfg.layout_echo,
+                                    block_positions=cfg.layout_block_positions)
     else:
         result = prepared_perplexity(model, tokenizer, read_examples(split_dir, cfg.max_eval_examples), cfg.pattern,
-                                     markers is not None, cfg.top_k, echo=cfg.layout_echo)
+                                     markers is not None, cfg.top_k, echo=cfg.layout_echo,
+                                     block_positions=cfg.layout_block_positions)
     model.train(was_training)
     return {"eval_loss": result["nll"], "eval_ppl": result["ppl"], "eval_tokens": result["tokens"]}
 
@@ -331,7 +347,7 @@ def save_output(model, tokenizer, cfg: TrainConfig, markers, base, pcfg, out: Pa
     engine = FlashBackConfig(pattern=cfg.pattern, markers=cfg.uses_markers, stride=pcfg["stride"],
                              query_tokens=pcfg["query_tokens"], doc_tokens=pcfg["doc_tokens"],
                              top_k=cfg.top_k or pcfg["top_k"], echo_tokens=cfg.echo_tokens,
-                             passage_template=pcfg["passage_template"])
+                             block_positions=cfg.block_positions, passage_template=pcfg["passage_template"])
     out.mkdir(parents=True, exist_ok=True)
     if cfg.tune == "full":
         model.save_pretrained(str(out))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flashback_rag.models import add_marker_tokens, load_model
-from flashback_rag.training.data import LeftPadCollator, layout, target_nll
+from flashback_rag.training.data import LeftPadCollator, layout_item, target_nll
 from flashback_rag.training.packing import (attention_mask, collate_packed, pack_window, packed_token_nll,
                                             unpack_window)
 from flashback_rag.training.tuning import LoraSettings, lora_model
@@ -42,33 +42,35 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad, mode):
+def _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad, mode, block_positions):
     from flashback_rag.patterns import build_block
 
     model.zero_grad(set_to_none=True)
     blocks = [build_block(found, markers) if pattern == "append" else [] for found in passages]
-    batch = collate_packed([pack_window(window, points, blocks, STRIDE, echo)], pad, mode=mode)
+    batch = collate_packed([pack_window(window, points, blocks, STRIDE, echo, block_positions)], pad, mode=mode)
     loss = packed_token_nll(model, batch, markers.as_list()).sum()
     loss.backward()
     return loss.detach(), _grads(model)
 
 
-def _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad):
+def _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad, block_positions):
     model.zero_grad(set_to_none=True)
     examples = unpack_window(window, points, passages, STRIDE)
-    items = [{"input_ids": layout(ex, pattern, markers, echo=echo), "n_tgt": STRIDE} for ex in examples]
+    items = [layout_item(ex, pattern, markers, echo=echo, block_positions=block_positions) for ex in examples]
+    assert ("position_ids" in items[0]) == (block_positions == "before" and pattern == "append")
     nll, count = target_nll(model, LeftPadCollator(pad)(items), markers.as_list())
     assert int(count) == STRIDE * len(points)
     nll.backward()
     return nll.detach(), _grads(model)
 
 
-def _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol, atol, mode="segments"):
+def _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol, atol, mode="segments", block_positions="after"):
     window, points, passages = _window(1, min(len(tokenizer), 250))
     pad = tokenizer.pad_token_id or 0
     packed_loss, packed_grads = _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad,
-                                                       mode)
-    loss, grads = _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad)
+                                                       mode, block_positions)
+    loss, grads = _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad,
+                                           block_positions)
     torch.testing.assert_close(packed_loss, loss, rtol=rtol, atol=atol)
     assert packed_grads.keys() == grads.keys()
     assert any("trainable_tokens" in n for n in grads) and any("lora_A" in n for n in grads)
@@ -87,6 +89,52 @@ def test_packed_loss_and_gradients_equal_separate_examples(arch, pattern, echo, 
     model, tokenizer = load_model(f"tiny-random-{arch}")
     model, markers = _lora_with_markers(model, tokenizer)
     _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol=1e-5, atol=1e-5, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["segments", "mask"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("echo", [0, 3])
+def test_block_before_packed_equals_separate_examples(arch, echo, mode):
+    """block_positions='before': the packed window (positions from pack_window) and the separate examples
+    (positions from logical_positions, left-padded) give the same loss and gradients."""
+    model, tokenizer = load_model(f"tiny-random-{arch}")
+    model, markers = _lora_with_markers(model, tokenizer)
+    _assert_equivalent(model, markers, tokenizer, "append", echo, rtol=1e-5, atol=1e-5, mode=mode,
+                       block_positions="before")
+    window, points, passages = _window(1, 250)
+    blocks = [[90, *found[0], 91] if found else [] for found in passages]
+    packed = pack_window(window, points, blocks, STRIDE, echo, "before")
+    first = len(window)                              # the first segment: block, echo, then the chunk
+    assert packed.position_ids[first:first + len(blocks[0])] == list(range(-len(blocks[0]), 0))
+    assert packed.position_ids[first + len(blocks[0]):first + len(blocks[0]) + echo + STRIDE] == list(
+        range(points[0] - echo, points[0] + STRIDE))
+
+
+def test_training_examples_read_what_decoding_reads(tiny_models):
+    """The logits an example's layout gives its targets equal the engine's own decoding scores, for the
+    paper's positions and for block_positions='before' with an echo (one definition of the layout)."""
+    from helpers import HashRetriever
+
+    from flashback_rag import FlashBack, FlashBackConfig
+    from flashback_rag.training.data import tail_logits
+
+    model, tokenizer = tiny_models["llama"]
+    prompt = list(range(40, 72))
+    for block_positions in ("after", "before"):
+        cfg = FlashBackConfig(stride=4, query_tokens=8, doc_tokens=12, echo_tokens=3, block_positions=block_positions)
+        fb = FlashBack(model, tokenizer, HashRetriever(), cfg)
+        result = fb.generate(prompt, max_new_tokens=8, ignore_eos=True, output_scores=True)
+        running = prompt + result.token_ids
+        for r in result.retrievals:
+            ex = {"src": running[:r.position], "tgt": running[r.position:r.position + 4],
+                  "passages": [fb._passage_tokens(p) for p in r.passages]}
+            batch = LeftPadCollator(0)([layout_item(ex, "append", fb.markers, echo=3, block_positions=block_positions)])
+            with torch.no_grad():
+                logits = tail_logits(model, batch["input_ids"], batch["attention_mask"], 4, batch.get("position_ids"))
+            steps = result.scores[r.step:r.step + 4]
+            for k, score in enumerate(steps):
+                finite = torch.isfinite(score)
+                torch.testing.assert_close(logits[0, k][finite], score[finite], rtol=1e-4, atol=1e-4)
 
 
 def test_mask_lets_segments_see_their_prefix_and_themselves_only():

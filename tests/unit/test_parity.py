@@ -118,3 +118,58 @@ def test_echo_changes_what_the_model_reads_and_keeps_the_prefix_cache(tiny_model
     assert echoed.stats.prefill_tokens == plain.stats.prefill_tokens + 6 * retrievals
     assert echoed.stats.reused_tokens == plain.stats.reused_tokens
     assert not torch.equal(plain.scores[0], echoed.scores[0])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("markers", [True, False])
+@pytest.mark.parametrize("echo", [0, 6])
+def test_block_before_cached_equals_recomputed(tiny_models, arch, markers, echo):
+    """block_positions='before' (the block at -len..-1, the text at its own positions) keeps cached ==
+    recomputed, and the reference really recomputes with those positions (an explicit mask)."""
+    model, tokenizer = tiny_models[arch]
+    cfg = FlashBackConfig(pattern="append", markers=markers, stride=4, query_tokens=8, doc_tokens=24,
+                          echo_tokens=echo, block_positions="before")
+    cached, reference = _both(FlashBack(model, tokenizer, HashRetriever(), cfg), max_new_tokens=24)
+    _assert_same(cached, reference)
+    assert len({tuple(r.passage_ids) for r in cached.retrievals}) > 1
+    after = FlashBack(model, tokenizer, HashRetriever(), cfg.replace(block_positions="after"))
+    plain = after.generate(PROMPT, max_new_tokens=24, ignore_eos=True, output_scores=True)
+    assert not torch.allclose(plain.scores[0], cached.scores[0])        # the positions reach the model
+    # the same tokens fed and kept: only where the block sits in position space differs
+    assert (plain.stats.prefill_tokens, plain.stats.reused_tokens) == (cached.stats.prefill_tokens,
+                                                                       cached.stats.reused_tokens)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_block_before_parity_across_window_slides(tiny_models, arch):
+    model, tokenizer = tiny_models[arch]
+    fb = FlashBack(model, tokenizer, HashRetriever(),
+                   FlashBackConfig(pattern="append", stride=5, query_tokens=8, doc_tokens=16, top_k=2,
+                                   echo_tokens=8, max_context=96, block_positions="before"))
+    cached, reference = _both(fb, max_new_tokens=70)
+    _assert_same(cached, reference)
+    assert cached.slides, "a 96-token window must slide during a 36+70-token generation"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+def test_block_before_is_refused_for_absolute_positions(tiny_models, arch):
+    from flashback_rag.errors import ConfigError
+
+    model, tokenizer = tiny_models[arch]
+    with pytest.raises(ConfigError, match="learned absolute positions"):
+        FlashBack(model, tokenizer, HashRetriever(), FlashBackConfig(block_positions="before"))
+    # only the appended layout has the setting: prepend ignores it
+    FlashBack(model, tokenizer, HashRetriever(), FlashBackConfig(pattern="prepend", block_positions="before"))
+
+
+def test_block_before_is_refused_by_a_backend_without_position_ids(tiny_models):
+    from flashback_rag.backends.hf import TransformersBackend
+    from flashback_rag.errors import ConfigError
+
+    class Numbered(TransformersBackend):
+        name, custom_positions = "numbered", False
+
+    model, tokenizer = tiny_models["llama"]
+    with pytest.raises(ConfigError, match="the numbered backend cannot take"):
+        FlashBack(None, tokenizer, HashRetriever(), FlashBackConfig(block_positions="before"),
+                  backend=Numbered(model))
