@@ -28,12 +28,22 @@ def vllm_python():
     return find_vllm_python()
 
 
+def served_settings_of_the_shipped_model():
+    """The shipped model's settings with the block at the paper's positions: vLLM numbers a request's
+    tokens itself, so it cannot serve block_positions="before" (the shipped default)."""
+    from flashback_rag.adapters import adapter_config
+    from flashback_rag.models import shipped_adapter
+
+    return adapter_config(shipped_adapter(VLLM_MODEL)).replace(block_positions="after")
+
+
 @pytest.fixture(scope="session")
 def vllm_model_folder():
-    """The shipped FlashBack model exported as a plain folder (markers in the vocabulary), cached."""
+    """The shipped FlashBack model exported as a plain folder (markers in the vocabulary), cached; its
+    flashback.json records the settings vLLM can serve (served_settings_of_the_shipped_model)."""
     from flashback_rag.serving import vllm_folder
 
-    return vllm_folder(VLLM_MODEL)
+    return vllm_folder(VLLM_MODEL, config=served_settings_of_the_shipped_model())
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@
 It builds (once, cached) a BM25 index over the standard library's documentation found on this machine
 (``stdlib_corpus``) and generates the same continuation of the same prompt three ways: the base model with
 no retrieval, the base model with prepended passages (In-Context RALM), and the shipped FlashBack model
-(``smollm2-135m-flashback``: passages appended between trained markers, the running text echoed after
-them, the prefix's KV cache kept). Each is timed by wall clock in the same process after a warm-up, and
+(``smollm2-135m-flashback``: passages appended between trained markers at the positions before the text,
+the running text echoed after them, the prefix's KV cache kept). Each is timed by wall clock in the same process after a warm-up, and
 scored with two numbers that make degenerate copying visible (``text_stats``): the share of its 8-grams
 found verbatim in the passages it was given, and the share of its 8-grams it had already produced.
 """
@@ -99,7 +99,8 @@ def _describe(fb, result) -> dict[str, Any]:
 
     given = [fb._passage_tokens(p) for r in result.retrievals for p in r.passages]
     return {
-        "pattern": fb.config.pattern, "echo_tokens": fb.config.layout_echo, "text": result.text,
+        "pattern": fb.config.pattern, "echo_tokens": fb.config.layout_echo,
+        "block_positions": fb.config.layout_block_positions, "text": result.text,
         "seconds": round(result.stats.total_seconds, 3), "tokens": result.stats.generated_tokens,
         "retrieval_seconds": round(result.stats.retrieval_seconds, 3),
         "prefill_tokens": result.stats.prefill_tokens,
@@ -119,7 +120,7 @@ def _print_report(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"FlashBack demo: {report['model']} (base {report['base_model']}), prompt {report['prompt_tokens']} "
           f"tokens, {s['max_new_tokens']} new tokens, re-retrieval every {s['stride']} tokens, "
-          f"{s['doc_tokens']}-token passages, echo {s['echo_tokens']}\n")
+          f"{s['doc_tokens']}-token passages, echo {s['echo_tokens']}, block positions {s['block_positions']}\n")
     for name in ("none", "prepend", "flashback"):
         r = report[name]
         print(f"=== {ROW_TITLES[name].format(model=report['model'])}: {r['tokens']} tokens in {r['seconds']:.2f}s "

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The shipped `smollm2-135m-flashback` model: SmolLM2-135M-Instruct + a FlashBack adapter (append, markers,
-# echo of 16 tokens, LoRA r=16 + the two marker rows), trained on CPU from the Python 3.11 documentation.
-# These are the settings of the FlashBack + echo row of benchmarks/quality.py, at a budget of 150 steps x 4
-# packed windows over 3,000 retrieval points (the benchmark's own rows train 30 x 4 over 600); the benchmark
-# scores this adapter (`--use-adapter`, `--steps 150 --train-points 3000`) in both retrieval regimes.
-#   bash training/smollm2_flashback.sh [WORK_DIR] [ADAPTER_OUT]      # ~35 min on 2 idle CPU cores
+# echo of 16 tokens, the block at the positions before the text, LoRA r=16 + the two marker rows), trained
+# on CPU from the Python 3.11 documentation. These are the settings of the "block before" row of
+# benchmarks/quality.py at a budget of 150 steps x 4 packed windows over 3,000 retrieval points; the
+# benchmark scores this adapter (`--use-adapter append_before_lora_markers=...`, `--steps 150
+# --train-points 3000`) in both retrieval regimes, next to rows trained at the same budget.
+#   bash training/smollm2_flashback.sh [WORK_DIR] [ADAPTER_OUT]      # ~30 min on 2 idle CPU cores
 #   STEPS=2 POINTS=64 bash training/smollm2_flashback.sh /tmp/w       # a smoke pass of every step
 #   ECHO=32 bash training/smollm2_flashback.sh                        # the echo-32 variant (measured worse)
 #   COPY_PERCENT=25 bash training/smollm2_flashback.sh                # another share of "copy" windows
-#   BLOCK_POSITIONS=after bash training/smollm2_flashback.sh          # the paper's positions (vLLM can serve it)
+#   BLOCK_POSITIONS=after bash training/smollm2_flashback.sh          # the paper's positions (vLLM can serve
+#                                                                     # it; the previous shipped version)
 # Corpus: Debian's python3.11-doc reST sources (fetched with apt-get download), split by a seeded hash of the
 # title into index / train / validation documents (flashback_rag/python_doc_corpus.py). Half the training
 # windows retrieve from the index documents only ("related"), half from an index that also holds the

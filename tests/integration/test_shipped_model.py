@@ -32,7 +32,7 @@ def test_the_adapter_ships_inside_the_package():
 def test_loads_with_its_recorded_layout(shipped):
     model, tokenizer = shipped
     cfg = model.flashback_config
-    assert (cfg.pattern, cfg.markers, cfg.echo_tokens) == ("append", True, 16)
+    assert (cfg.pattern, cfg.markers, cfg.echo_tokens, cfg.block_positions) == ("append", True, 16, "before")
     base, base_tokenizer = load_model(SHIPPED[NAME][0])
     marks = add_marker_tokens(base, base_tokenizer)
     trained = model.get_input_embeddings()(torch.tensor(marks.as_list()))

@@ -62,6 +62,7 @@ def test_demo_json(capsys):
         assert 0 <= report[row]["copy_share"] <= 1 and 0 <= report[row]["repeat_share"] <= 1
     assert report["none"]["copy_share"] == 0 and not report["none"]["passages"]
     assert report["flashback"]["pattern"] == "append" and report["flashback"]["echo_tokens"] == 16
+    assert report["flashback"]["block_positions"] == "before" and report["prepend"]["block_positions"] == "after"
     assert report["prepend"]["pattern"] == "prepend"
     assert report["speedup"] == pytest.approx(report["prepend"]["seconds"] / report["flashback"]["seconds"], rel=1e-2)
     assert report["flashback"]["passages"][0]["passages"]

@@ -32,7 +32,7 @@ def engine_run(vllm_model_folder, vllm_python):
 
 
 def test_in_process_engine_equals_transformers_and_batches(engine_run):
-    reference = FlashBack.from_pretrained("smollm2-135m-flashback", retriever=HashRetriever())
+    reference = FlashBack.from_pretrained("smollm2-135m-flashback", retriever=HashRetriever(), block_positions="after")
     assert engine_run["backend"] == "vllm"
     assert engine_run["config"] == reference.config.to_dict()
     want = [reference.generate(p, 32, ignore_eos=True).token_ids for p in PROMPTS]

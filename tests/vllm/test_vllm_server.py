@@ -14,7 +14,9 @@ import torch
 from helpers import TEXTS, HashRetriever
 
 from flashback_rag import FlashBack
+from flashback_rag.backends.base import SamplingSettings
 from flashback_rag.errors import BackendError, ConfigError
+from flashback_rag.results import GenerationResult
 from flashback_rag.retrievers import Passage
 
 BLOCK = 32             # the server's KV block size (conftest): prefix-cache hits come in whole blocks
@@ -39,8 +41,9 @@ def unique(prompt: str) -> str:
 
 @pytest.fixture(scope="module")
 def reference():
-    """The shipped model on transformers, merged (what the export holds), with a passage per query."""
-    return FlashBack.from_pretrained("smollm2-135m-flashback", retriever=HashRetriever())
+    """The shipped model on transformers, merged (what the export holds), with a passage per query, at the
+    block positions vLLM serves."""
+    return FlashBack.from_pretrained("smollm2-135m-flashback", retriever=HashRetriever(), block_positions="after")
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +185,14 @@ def test_a_server_that_is_down_is_one_clear_error_at_once():
     assert time.perf_counter() - started < 10
     with pytest.raises(ConfigError, match="http://HOST:PORT/v1"):
         FlashBack.from_server("127.0.0.1:8000", retriever=HashRetriever())
+
+
+def test_block_positions_before_is_refused_before_any_request(vllm_server, served):
+    with pytest.raises(ConfigError, match="the vllm-server backend cannot take"):
+        FlashBack.from_server(vllm_server.url, retriever=HashRetriever(), block_positions="before")
+    with pytest.raises(ConfigError, match="cannot take position ids"):      # a session asked directly
+        next(served.backend.session(GenerationResult("", [], "length", "append"), SamplingSettings())
+             .segment([1, 2, 3], 1, [1, 2, 3], positions=[0, -1, 1]))
 
 
 def test_unknown_model_name_is_refused(vllm_server):
