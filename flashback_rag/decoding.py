@@ -391,7 +391,10 @@ class FlashBack:
                 positions = logical_positions(cfg.pattern, tokens, point, block, anchor, window, cfg.echo_tokens,
                                               cfg.block_positions)
                 produced = 0
-                for token in session.segment(context, ahead, tokens, positions):
+                # Position ids go only to a backend that takes them (the constructor checked): the others
+                # keep the three-argument segment() of the Session protocol.
+                extra = () if positions is None else (positions,)
+                for token in session.segment(context, ahead, tokens, *extra):
                     produced += 1
                     step += 1
                     if token == eos:

@@ -31,7 +31,8 @@ PROMPTS = [
 # prompts a chat model tends to answer briefly and end
 ENDING = ["<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
           "Q: What is 3 + 4?\nA:", "The capital of France is", "2 + 2 =",
-          "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"]
+          "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n",
+          "<|im_start|>user\nWhat is 5 + 5?<|im_end|>\n<|im_start|>assistant\n"]
 
 
 def unique(prompt: str) -> str:
