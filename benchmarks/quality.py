@@ -62,6 +62,7 @@ class Row:
     echo: bool = False        # uses --echo-tokens
     echo_k: int | None = None  # ... or this echo length (the untrained echo sweep)
     before: bool = False      # block_positions="before": the block at the positions before the first token
+    prefix: bool = False      # trained with the prefix loss (the packed window's own tokens, --prefix-loss-weight)
 
     @property
     def block_positions(self) -> str:
@@ -85,8 +86,15 @@ ROWS = [
     Row("append_before", "append + echo, block before (no training)", "append", True, False, echo=True, before=True),
     Row("append_before_lora_markers", "append + echo + LoRA + markers, block before (FlashBack + echo + positions)",
         "append", True, True, echo=True, before=True),
+    # The prefix loss: the same windows, each window's own tokens scored too (plain language modelling on the
+    # text whose cache decoding computes without passages). Its control is trained on the same tokens.
+    Row("none_lora_prefix", "no retrieval + LoRA, prefix loss (control on the same tokens)", "none", False, True,
+        prefix=True),
+    Row("append_before_lora_markers_prefix", "append + echo + LoRA + markers, block before, prefix loss",
+        "append", True, True, echo=True, before=True, prefix=True),
 ]
-CONTROL, UPPER = "none_lora", "prepend_lora_markers"
+CONTROL, CONTROL_PREFIX, UPPER = "none_lora", "none_lora_prefix", "prepend_lora_markers"
+REFERENCES = (CONTROL, CONTROL_PREFIX, UPPER)
 
 
 # ----------------------------------------------------------------------------- corpus and data
@@ -144,7 +152,7 @@ def bootstrap(nll: dict[str, torch.Tensor], windows: torch.Tensor, samples: int,
     out = {}
     for k in nll:
         out[k] = {"ppl_ci": ppl_interval(means[k])}
-        for ref in (CONTROL, UPPER):
+        for ref in REFERENCES:
             if ref in means:
                 out[k][f"ratio_{ref}"] = ratio_interval(sums[k], sums[ref], counts, means[k], means[ref])
     return out
@@ -166,9 +174,11 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     names = ("model", "stride", "query_tokens", "doc_tokens", "chunk_tokens", "max_positions", "echo_tokens",
              "min_prefix", "train_points", "val_tokens", "steps", "batch_size", "learning_rate", "marker_lr",
-             "marker_init", "seed")
+             "marker_init", "seed", "prefix_loss_weight")
     settings = {k: getattr(args, k) for k in names}
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    # (a setting at its default stays out of the key: work folders made before it existed keep their names)
+    key = hashlib.sha1(json.dumps({k: v for k, v in settings.items() if (k, v) != ("prefix_loss_weight", 1.0)},
+                                  sort_keys=True).encode()).hexdigest()[:10]
     base_work = Path(args.work or cache_root() / "quality")
     work = base_work / key
     work.mkdir(parents=True, exist_ok=True)
@@ -205,7 +215,8 @@ def run(args) -> dict:
         started = time.perf_counter()
         echo = row.echo_tokens(args.echo_tokens)
         record = {"key": row.key, "label": row.label, "pattern": row.pattern, "markers": row.markers,
-                  "trained": row.trained, "echo_tokens": echo, "block_positions": row.block_positions}
+                  "trained": row.trained, "echo_tokens": echo, "block_positions": row.block_positions,
+                  "prefix_loss_weight": args.prefix_loss_weight if row.prefix else 0.0}
         if row.key in args.use_adapter:
             adapter = Path(args.use_adapter[row.key])
             record.update(check_reused(adapter, row, args))
@@ -219,6 +230,7 @@ def run(args) -> dict:
             cfg = TrainConfig(model=args.model, data=[str(data["train-related"]), str(data["train-copy"])],
                               out=str(adapter), pattern=row.pattern, markers=row.markers, echo_tokens=echo,
                               block_positions=row.block_positions,
+                              prefix_loss_weight=args.prefix_loss_weight if row.prefix else 0.0,
                               lora=LoraSettings(), learning_rate=args.learning_rate, marker_lr=args.marker_lr,
                               marker_init=args.marker_init, batch_size=args.batch_size, max_steps=args.steps,
                               warmup_ratio=0.1, logging_steps=max(1, args.steps // 10), device="cpu",
@@ -271,10 +283,12 @@ def check_reused(adapter: Path, row: Row, args) -> dict:
     data settings and optimiser. Its budget (steps x batch) may differ; it is returned and shown."""
     from flashback_rag.training.adapters import read_meta
 
-    training = {"block_positions": "after", **read_meta(adapter).get("training", {})}   # (older adapters)
+    # (older adapters predate these settings)
+    training = {"block_positions": "after", "prefix_loss_weight": 0.0, **read_meta(adapter).get("training", {})}
     prepared = training.get("prepared", {})
     want = {"pattern": row.pattern, "markers": row.markers, "echo_tokens": row.echo_tokens(args.echo_tokens),
             "block_positions": row.block_positions,
+            "prefix_loss_weight": args.prefix_loss_weight if row.prefix else 0.0,
             "learning_rate": args.learning_rate, "marker_lr": args.marker_lr, "marker_init": args.marker_init,
             "seed": args.seed, "model": args.model}
     want_prepared = {"stride": args.stride, "query_tokens": args.query_tokens, "doc_tokens": args.doc_tokens,
@@ -327,7 +341,8 @@ def markdown(report: dict) -> str:
         f"0.05 on the attention projections (+ the two marker rows at lr {s['marker_lr']}, init "
         f"`{s['marker_init']}`), {s['steps']} steps x {s['batch_size']} packed windows (lr {s['learning_rate']}, "
         f"cosine, 10% warm-up), half retrieving from the index documents, half from an index that also holds "
-        f"the training documents. Validation passages: {report['passages']['mean_tokens']:.1f} tokens on average, "
+        f"the training documents; rows marked *prefix loss* add {s.get('prefix_loss_weight', 1.0):g} x the mean loss "
+        f"of each packed window's own tokens. Validation passages: {report['passages']['mean_tokens']:.1f} tokens on average, "
         f"{report['passages']['cut_share']:.1%} cut at the cap. "
         f"Validation documents: {report['documents']['validation']}; the intervals "
         "are 95% bootstrap intervals over windows (paired for the ratios).", "",
@@ -336,12 +351,13 @@ def markdown(report: dict) -> str:
         rows = [r for r in report["rows"] if r["regime"] == regime]
         tokens = rows[0]["tokens"] if rows else 0
         lines += [f"## Regime `{regime}` ({tokens} target tokens per row, {rows[0]['windows']} windows)", "",
-                  "| row | ppl [95% CI] | ratio to control (none + LoRA) | ratio to prepend + LoRA + markers | "
-                  "loss at +0 / +1 / last |", "|---|---|---|---|---|"]
+                  "| row | ppl [95% CI] | ratio to control (none + LoRA) | ratio to control with prefix loss | "
+                  "ratio to prepend + LoRA + markers | loss at +0 / +1 / last |", "|---|---|---|---|---|---|"]
         for r in rows:
             pos = r["nll_by_position"]
             lines.append(f"| {_label(r, s)} | {r['ppl']:.3f} {_ci(r['ppl_ci'])} | {_ratio(r, CONTROL)} | "
-                         f"{_ratio(r, UPPER)} | {pos[0]:.2f} / {pos[1]:.2f} / {pos[-1]:.2f} |")
+                         f"{_ratio(r, CONTROL_PREFIX)} | {_ratio(r, UPPER)} | {pos[0]:.2f} / {pos[1]:.2f} / "
+                         f"{pos[-1]:.2f} |")
         lines.append("")
     lines += ["Perplexity of the target tokens only (marker logits masked); all rows of a regime score the same "
               "tokens with the same preceding text, only the passage layout and the weights differ. A ratio "
@@ -407,6 +423,8 @@ def main(argv=None) -> int:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--marker-lr", type=float, default=None, help="default: flashback train's")
     p.add_argument("--marker-init", default=None, help="default: flashback train's")
+    p.add_argument("--prefix-loss-weight", type=float, default=1.0,
+                   help="flashback train --prefix-loss-weight of the rows trained with the prefix loss")
     p.add_argument("--eval-batch-size", type=int, default=2)
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--echo-sweep", type=int, nargs="*", default=[4, 32],

@@ -87,7 +87,7 @@ RULES: dict[str, Rule] = {
     "max_context": positive_int, "max_new_tokens": non_negative_int, "temperature": non_negative_number,
     "top_p": probability, "sample_top_k": non_negative_int, "seed": seed,
     "retrieval_timeout": positive_number, "repetition_penalty": positive_number,
-    "no_repeat_ngram_size": non_negative_int, "prompt_tokens": positive_int,
+    "no_repeat_ngram_size": non_negative_int, "prompt_tokens": positive_int, "prompts": positive_int,
     # indexes and retrieval records
     "chunk_tokens": positive_int, "threads": positive_int, "nlist": positive_int, "batch_size": positive_int,
     "k": positive_int, "first_position": positive_int, "max_docs": positive_int,
@@ -100,7 +100,7 @@ RULES: dict[str, Rule] = {
     "warmup_ratio": fraction, "eval_steps": non_negative_int, "save_steps": non_negative_int,
     "logging_steps": positive_int, "max_train_examples": positive_int, "max_eval_examples": positive_int,
     "max_tokens": positive_int, "marker_lr": positive_number, "echo_tokens": non_negative_int,
-    "min_prefix": positive_int,
+    "min_prefix": positive_int, "prefix_loss_weight": non_negative_number,
 }
 
 # The few options whose flag is not simply --dest-with-dashes.

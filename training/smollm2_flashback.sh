@@ -27,6 +27,7 @@ BATCH=${BATCH:-4}
 ECHO=${ECHO:-16}
 BLOCK_POSITIONS=${BLOCK_POSITIONS:-before}
 COPY_PERCENT=${COPY_PERCENT:-50}
+PREFIX_LOSS=${PREFIX_LOSS:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 MODEL=smollm2-135m
 mkdir -p "$WORK/corpus"
@@ -68,6 +69,7 @@ if (( COPY_POINTS > 0 )); then
 fi
 # 4. LoRA + markers on the append + echo layout, both regimes mixed, BATCH packed windows a step
 $FLASHBACK train --model $MODEL --data "${DATA[@]}" --out "$OUT" \
-    --pattern append --markers --echo-tokens $ECHO --block-positions $BLOCK_POSITIONS --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
+    --pattern append --markers --echo-tokens $ECHO --block-positions $BLOCK_POSITIONS \
+    --prefix-loss-weight $PREFIX_LOSS --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
     --warmup-ratio 0.1 --logging-steps $(( STEPS >= 10 ? STEPS / 10 : 1 )) --seed 42 --report-to none --quiet
 echo "adapter written to $OUT"

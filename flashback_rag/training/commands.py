@@ -60,7 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tune=args.tune, lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                           targets=args.lora_targets),
         top_k=args.top_k, echo_tokens=args.echo_tokens, block_positions=args.block_positions, pack=args.pack,
-        learning_rate=args.learning_rate,
+        prefix_loss_weight=args.prefix_loss_weight, learning_rate=args.learning_rate,
         marker_lr=args.marker_lr, marker_init=args.marker_init, weight_decay=args.weight_decay,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
         epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, eval_steps=args.eval_steps,
@@ -215,6 +215,10 @@ def add_commands(subparsers) -> None:
     t.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                    help="packed windows: each window read once with all its retrieval points (default); "
                         "--no-pack: one example per point")
+    t.add_argument("--prefix-loss-weight", type=float, default=0.0,
+                   help="packed append / none: add this times the mean loss of each window's own tokens (the "
+                        "prefix, read without passages, as decoding computes its cache); default 0, the paper's "
+                        "loss on the targets after each passage only")
     t.add_argument("--learning-rate", type=float, default=2e-4)
     t.add_argument("--marker-lr", type=float, default=DEFAULT_MARKER_LR,
                    help="learning rate of the two marker rows (default %(default)s)")

@@ -30,6 +30,15 @@ Two ways to run a packed sequence, the same numbers (tested):
   letting it see ``x[:i]`` and itself. Attention costs what each segment really reads.
 - ``mode="mask"``: the whole packed sequence in one forward under its ``(T, T)`` mask: the literal
   layout, but attention over ``T^2`` pairs of which most are masked (slower once windows are long).
+
+The *prefix loss* (:func:`packed_losses` with ``prefix=True``): the window's own next-token losses, which
+read no passage. At inference the prefix's keys and values are computed without any passage (that is what
+keeps them reusable), so its tokens are plain language modelling; the window forward already computes
+them, and scoring them costs one projection onto the vocabulary.
+
+    >>> p = pack_window([1, 2, 3, 4, 5, 6], [2, 4], [[90, 7, 91], [90, 8, 91]], stride=2)
+    >>> collate_packed([p], pad_id=0)["prefix_labels"].tolist()      # window tokens after the first
+    [[2, 3, 4, 5, 6]]
 """
 
 from __future__ import annotations
@@ -60,6 +69,11 @@ class PackedSequence:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def window_length(self) -> int:
+        """Tokens of the window itself (they come first)."""
+        return self.segment.count(-1)
 
 
 def pack_window(window: Sequence[int], points: Sequence[int], blocks: Sequence[Sequence[int]], stride: int,
@@ -138,8 +152,13 @@ def collate_packed(sequences: Sequence[PackedSequence], pad_id: int, mode: str =
     targets = torch.full((batch, most), -100, dtype=torch.long)
     for row, p in enumerate(sequences):
         targets[row, :len(p.targets)] = torch.tensor(p.targets, dtype=torch.long)
+    # the prefix loss's labels: every window token after the first, predicted by the one before it
+    windows = [p.input_ids[:p.window_length] for p in sequences]
+    prefix_labels = torch.full((batch, max(1, max(len(w) for w in windows) - 1)), -100, dtype=torch.long)
+    for row, w in enumerate(windows):
+        prefix_labels[row, :len(w) - 1] = torch.tensor(w[1:], dtype=torch.long)
     if mode == "segments":
-        return {"packed": list(sequences), "pad_id": pad_id, "labels": targets}
+        return {"packed": list(sequences), "pad_id": pad_id, "labels": targets, "prefix_labels": prefix_labels}
     width = max(len(p) for p in sequences)
     ids = torch.full((batch, width), pad_id, dtype=torch.long)
     pos = torch.zeros((batch, width), dtype=torch.long)
@@ -154,46 +173,81 @@ def collate_packed(sequences: Sequence[PackedSequence], pad_id: int, mode: str =
         predict[row, k:] = p.predict_at[-1] if k else 0
         masks.append(attention_mask(p, width))
     return {"input_ids": ids, "position_ids": pos, "attention_mask": torch.cat(masks), "predict_at": predict,
-            "labels": targets}
+            "labels": targets, "prefix_labels": prefix_labels}
 
 
 def packed_token_nll(model, batch: dict[str, Any], banned: Sequence[int] = ()) -> torch.Tensor:
     """Negative log-likelihood of every target ``(B, N)`` (0 where the label is -100), with gradients."""
+    return packed_losses(model, batch, banned)[0]
+
+
+def packed_losses(model, batch: dict[str, Any], banned: Sequence[int] = (), prefix: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(target NLL (B, N), prefix NLL (B, L - 1) or None)``, 0 where a label is -100, with gradients.
+
+    With ``prefix`` the window's own tokens are scored too (``batch["prefix_labels"]``): plain language
+    modelling on the text the prefix's cache is computed from, at no extra forward.
+    """
     from .data import mask_banned
 
     targets = batch["labels"]
+    prefix_logits = None
     if "packed" in batch:
         device = targets.device
-        rows = [_segments_logits(model, p, batch["pad_id"], device) for p in batch["packed"]]
+        rows = [_segments_logits(model, p, batch["pad_id"], device, prefix) for p in batch["packed"]]
         width = targets.shape[1]
-        logits = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, width - r.shape[0])) for r in rows])
+        logits = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, width - r.shape[0])) for r, _ in rows])
+        if prefix:
+            width = batch["prefix_labels"].shape[1]
+            prefix_logits = torch.stack([torch.nn.functional.pad(w, (0, 0, 0, width - w.shape[0]))
+                                         for _, w in rows])
     else:
+        keep = batch["predict_at"]
+        if prefix:        # the window's positions too: (B, N) targets then (B, W) window tokens
+            width = batch["prefix_labels"].shape[1]
+            keep = torch.cat([keep, torch.arange(width, device=keep.device).expand(keep.shape[0], -1)], 1)
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                    attention_mask=batch["attention_mask"], logits_to_keep=batch["predict_at"])
-        logits = out.logits
-    logits = mask_banned(logits.float(), banned)                          # (B, N, V)
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                    attention_mask=batch["attention_mask"], logits_to_keep=keep)
+        logits = out.logits[:, :targets.shape[1]]
+        if prefix:
+            prefix_logits = out.logits[:, targets.shape[1]:]
+    nll = _nll(mask_banned(logits.float(), banned), targets)                          # (B, N)
+    if prefix_logits is None:
+        return nll, None
+    return nll, _nll(mask_banned(prefix_logits.float(), banned), batch["prefix_labels"])   # (B, W)
+
+
+def _nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    out = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                             ignore_index=-100, reduction="none")
-    return nll.view(targets.shape)
+    return out.view(labels.shape)
 
 
-def _segments_logits(model, p: PackedSequence, pad_id: int, device) -> torch.Tensor:
-    """Logits ``(N, V)`` for the targets of ``p``: the window once, then every segment over its cache."""
+def _segments_logits(model, p: PackedSequence, pad_id: int, device, prefix: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits ``(N, V)`` for the targets of ``p`` (the window once, then every segment over its cache),
+    and with ``prefix`` those of the window's own next tokens ``(L - 1, V)``."""
     from transformers import DynamicCache
 
     from ..kv_cache import cache_keyword
 
-    length = p.segment.count(-1)                          # the window's tokens come first
+    length = p.window_length                              # the window's tokens come first
     keyword = cache_keyword(model)
     in_window = [n for n, i in enumerate(p.predict_at) if i < length]
-    keep = torch.tensor([p.predict_at[n] for n in in_window] or [length - 1], device=device)
+    if prefix:            # every window position: its targets and the window's own next tokens
+        keep = torch.arange(length, device=device)
+    else:
+        keep = torch.tensor([p.predict_at[n] for n in in_window] or [length - 1], device=device)
     # 1. the window: causal, positions 0..L-1, keys and values kept            (1, L) -> (1, Kw, V)
     out = model(input_ids=torch.tensor([p.input_ids[:length]], device=device),
                 position_ids=torch.arange(length, device=device)[None], use_cache=True, logits_to_keep=keep)
     window_logits = out.logits[0]
+    prefix_logits = window_logits[:length - 1] if prefix else None
+    if prefix:
+        window_logits = window_logits[[p.predict_at[n] for n in in_window]]
     spans = _segment_spans(p, length)
     if not spans:
-        return window_logits[:len(in_window)]
+        return window_logits[:len(in_window)], prefix_logits
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     # 2. every segment at once over the window's keys and values                (P, m) -> (P, s, V)
     width = max(end - start for start, end, _ in spans)
@@ -229,7 +283,7 @@ def _segments_logits(model, p: PackedSequence, pad_id: int, device) -> torch.Ten
     for k, n in enumerate(in_window):
         where[p.predict_at[n]] = k
     table = torch.cat([window_logits[:len(in_window)], seg_logits.reshape(-1, seg_logits.shape[-1])])
-    return table[torch.tensor([where[i] for i in p.predict_at], device=table.device)]
+    return table[torch.tensor([where[i] for i in p.predict_at], device=table.device)], prefix_logits
 
 
 def _segment_spans(p: PackedSequence, length: int) -> list[tuple[int, int, list[int]]]:

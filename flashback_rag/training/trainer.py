@@ -3,7 +3,8 @@
     $ flashback train --model tiny-random-llama --data prepared/ --out adapters/smoke --max-steps 20
 
 The loss is the cross-entropy of the ``tgt`` tokens only, with the marker logits masked (a marker is
-never a target and never predicted). ``--tune lora`` trains LoRA on the attention projections and the
+never a target and never predicted). ``--prefix-loss-weight w`` adds ``w`` times the mean loss of the
+packed windows' own tokens (the prefix, read without any passage, as decoding computes its cache). ``--tune lora`` trains LoRA on the attention projections and the
 two marker rows (PEFT ``trainable_token_indices``, at their own ``--marker-lr``); ``--tune full`` trains
 everything. Training is *packed* by default (``training/packing.py``): one item is a document window
 with all its retrieval points, read once; layouts that cannot be packed (prepend) get the same window's
@@ -35,7 +36,7 @@ from ..models import DEFAULT_MARKER_INIT, MARKER_INITS, relative_positions
 DEFAULT_MARKER_LR = 5e-3
 from ..errors import ConfigError, FlashBackError, MissingDependencyError
 from .data import LayoutDataset, LeftPadCollator, layout_item, read_examples, target_nll
-from .packing import PACKABLE, collate_packed, pack_record, packed_token_nll, unpack_record
+from .packing import PACKABLE, collate_packed, pack_record, packed_losses, unpack_record
 from .prepare import read_prepared_args, read_windows, tokenizer_fingerprint
 from .tuning import TUNES, LoraSettings
 
@@ -57,6 +58,7 @@ class TrainConfig:
     echo_tokens: int = 0                  # append: repeat the last k prefix tokens after the block
     block_positions: str = "after"        # append: "before" puts the block at positions -len..-1
     pack: bool = True                     # packed windows (see training/packing.py); False: per-point examples
+    prefix_loss_weight: float = 0.0       # packed: + this x the mean loss of the window's own tokens
     learning_rate: float = 2e-4
     marker_lr: float | None = DEFAULT_MARKER_LR   # the two marker rows' own learning rate (None: learning_rate)
     marker_init: str = DEFAULT_MARKER_INIT
@@ -101,6 +103,14 @@ class TrainConfig:
             raise ConfigError(f"marker_lr must be positive, got {self.marker_lr!r}")
         if self.marker_init not in MARKER_INITS:
             raise ConfigError(f"unknown marker_init {self.marker_init!r}; choose one of {', '.join(MARKER_INITS)}")
+        weight = self.prefix_loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight < 0:
+            raise ConfigError(f"prefix_loss_weight must be a finite number >= 0, got {weight!r}")
+        if weight > 0 and not (self.pack and self.pattern in PACKABLE):
+            raise ConfigError(f"prefix_loss_weight needs packed training of an append or none layout (the "
+                              f"window read once); the {self.pattern} layout{'' if self.pack else ' unpacked'} "
+                              "has no such window")
         if self.pattern == "none":
             self.markers = False      # nothing to mark without passages
         if isinstance(self.data, (list, tuple)) and not self.data:
@@ -164,10 +174,12 @@ def make_trainer_class():
         # so the Trainer divides it by the accumulation steps itself.
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, banned_ids: list[int] | None = None, marker_lr: float | None = None, **kwargs):
+        def __init__(self, *args, banned_ids: list[int] | None = None, marker_lr: float | None = None,
+                     prefix_loss_weight: float = 0.0, **kwargs):
             super().__init__(*args, **kwargs)
             self.banned_ids = banned_ids or []
             self.marker_lr = marker_lr
+            self.prefix_loss_weight = prefix_loss_weight
 
         def create_optimizer(self, model=None):
             # The marker rows (PEFT's trainable-token parameters) get their own learning rate, no decay.
@@ -184,8 +196,11 @@ def make_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if "packed" in inputs or "predict_at" in inputs:      # packed windows
-                nll = packed_token_nll(model, inputs, self.banned_ids)
+                weight = self.prefix_loss_weight if model.training else 0.0   # evaluation: targets only
+                nll, prefix = packed_losses(model, inputs, self.banned_ids, prefix=weight > 0)
                 loss = nll.sum() / (inputs["labels"] != -100).sum().clamp(min=1)
+                if prefix is not None:
+                    loss = loss + weight * prefix.sum() / (inputs["prefix_labels"] != -100).sum().clamp(min=1)
             else:
                 nll, count = target_nll(model, inputs, self.banned_ids)
                 loss = nll / count.clamp(min=1)
@@ -264,7 +279,8 @@ def train(cfg: TrainConfig, show_progress: bool = True):
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=WindowCollator(pad) if cfg.pack else LeftPadCollator(pad),
-        banned_ids=markers.as_list() if markers else [], marker_lr=cfg.marker_lr if cfg.tune == "lora" else None)
+        banned_ids=markers.as_list() if markers else [], marker_lr=cfg.marker_lr if cfg.tune == "lora" else None,
+        prefix_loss_weight=cfg.prefix_loss_weight)
     resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics = dict(result.metrics)

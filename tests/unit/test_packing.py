@@ -10,8 +10,8 @@ import torch
 
 from flashback_rag.models import add_marker_tokens, load_model
 from flashback_rag.training.data import LeftPadCollator, layout_item, target_nll
-from flashback_rag.training.packing import (attention_mask, collate_packed, pack_window, packed_token_nll,
-                                            unpack_window)
+from flashback_rag.training.packing import (attention_mask, collate_packed, pack_window, packed_losses,
+                                            packed_token_nll, unpack_window)
 from flashback_rag.training.tuning import LoraSettings, lora_model
 
 STRIDE = 6
@@ -135,6 +135,38 @@ def test_training_examples_read_what_decoding_reads(tiny_models):
             for k, score in enumerate(steps):
                 finite = torch.isfinite(score)
                 torch.testing.assert_close(logits[0, k][finite], score[finite], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["segments", "mask"])
+@pytest.mark.parametrize("pattern,block_positions", [("append", "after"), ("append", "before"), ("none", "after")])
+def test_prefix_loss_is_the_windows_own_language_modelling_loss(mode, pattern, block_positions):
+    """packed_losses(prefix=True): the target losses are unchanged, and the prefix losses are exactly the
+    window's next-token losses read alone (no passage), padding rows included, with gradients."""
+    from flashback_rag.patterns import build_block
+
+    base, tokenizer = load_model("tiny-random-llama")
+    model, markers = _lora_with_markers(base, tokenizer)
+    packed, windows = [], []
+    for seed, length in ((1, 40), (2, 33)):                 # two windows of different lengths: padding
+        window, points, passages = _window(seed, 250, length)
+        points = [p for p in points if p + STRIDE <= length]
+        blocks = [build_block(found, markers) if pattern == "append" else [] for found in passages[:len(points)]]
+        packed.append(pack_window(window, points, blocks, STRIDE, 3 if pattern == "append" else 0,
+                                  block_positions))
+        windows.append(window)
+    batch = collate_packed(packed, 0, mode=mode)
+    plain = packed_token_nll(model, batch, markers.as_list())
+    nll, prefix = packed_losses(model, batch, markers.as_list(), prefix=True)
+    torch.testing.assert_close(nll, plain, rtol=1e-5, atol=1e-5)
+    assert prefix.shape == (2, 39) and (batch["prefix_labels"][1, 32:] == -100).all() and (prefix[1, 32:] == 0).all()
+    for row, window in enumerate(windows):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([window])).logits[0, :-1].float()
+        logits[:, markers.as_list()] = float("-inf")          # markers are never predicted
+        expected = torch.nn.functional.cross_entropy(logits, torch.tensor(window[1:]), reduction="none")
+        torch.testing.assert_close(prefix[row, :len(window) - 1], expected, rtol=1e-5, atol=1e-5)
+    prefix.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_A" in n)
 
 
 def test_mask_lets_segments_see_their_prefix_and_themselves_only():

@@ -198,6 +198,26 @@ def test_marker_inits(init):
     assert torch.equal(weight[marks.left], weight[marks.right]) == (init == "mean")
 
 
+def test_prefix_loss_weight_adds_the_windows_own_loss(prepared, tmp_path):
+    """The first step's logged loss is target loss + w x prefix loss (linear in w, the same batch), the
+    weight is recorded with the adapter, and evaluation still scores the targets only."""
+    data, _, _ = prepared
+    first = {}
+    for weight in (0.0, 1.0, 2.0):
+        cfg = TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / f"a{weight}"),
+                          pattern="append", echo_tokens=4, prefix_loss_weight=weight, learning_rate=1e-9,
+                          marker_lr=1e-9, batch_size=4, max_steps=1, logging_steps=1, report_to="none",
+                          max_eval_examples=4)
+        _, _, metrics = train(cfg, show_progress=False)
+        first[weight] = next(h["loss"] for h in metrics["log_history"] if "loss" in h)
+        assert read_meta(tmp_path / f"a{weight}")["training"]["prefix_loss_weight"] == weight
+    assert first[1.0] - first[0.0] > 1.0                                  # a window token costs nats
+    assert math.isclose(first[2.0] - first[1.0], first[1.0] - first[0.0], rel_tol=1e-3)
+    with pytest.raises(ConfigError, match="prefix_loss_weight needs packed training"):
+        TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / "b"), pattern="append",
+                    pack=False, prefix_loss_weight=1.0)
+
+
 def test_unpacked_training_still_works(prepared, tmp_path):
     data, _, _ = prepared
     cfg = TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / "a"), pattern="append",
