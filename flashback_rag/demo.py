@@ -1,15 +1,19 @@
 """``flashback demo``: no retrieval, prepend and FlashBack side by side on SmolLM2 over the Python docs, offline.
 
-    $ flashback demo            # three texts, their times, and how much each copies and repeats itself
-    $ flashback demo --json     # {"none": {...}, "prepend": {...}, "flashback": {...}, "speedup": ...}
+    $ flashback demo              # three texts, their times, and how much each copies and repeats itself
+    $ flashback demo --prompts 8  # the shares over 8 prompts (the first one's texts shown)
+    $ flashback demo --json       # {"none": {...}, "prepend": {...}, "flashback": {...}, "mean": ..., ...}
 
 It builds (once, cached) a BM25 index over the standard library's documentation found on this machine
 (``stdlib_corpus``) and generates the same continuation of the same prompt three ways: the base model with
 no retrieval, the base model with prepended passages (In-Context RALM), and the shipped FlashBack model
 (``smollm2-135m-flashback``: passages appended between trained markers at the positions before the text,
-the running text echoed after them, the prefix's KV cache kept). Each is timed by wall clock in the same process after a warm-up, and
-scored with two numbers that make degenerate copying visible (``text_stats``): the share of its 8-grams
-found verbatim in the passages it was given, and the share of its 8-grams it had already produced.
+the running text echoed after them, the prefix's KV cache kept). Each is timed by wall clock in the same
+process after a warm-up, and scored with two numbers that make degenerate copying visible
+(``text_stats``): the share of its 8-grams found verbatim in the passages it was given, and the share of
+its 8-grams it had already produced. Greedy decoding of a small model loops or recites on one prompt and
+not on the next, so the demo runs several prompts (a page of the docs, then a question about it:
+:data:`DEMO_PROMPTS`) and reports each row's mean shares beside the first prompt's texts.
 """
 
 from __future__ import annotations
@@ -20,10 +24,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .io_utils import cache_root
 
 DEMO_PROMPT_TOPIC = "with"
 DEMO_QUESTION = "\n\nIn short, a context manager in Python is"
+# (pydoc topic, the question after its page): the first is the one whose texts the demo shows. Fixed
+# before any model was run on them; the shares are averaged over the first --prompts of them.
+DEMO_PROMPTS: list[tuple[str, str]] = [
+    (DEMO_PROMPT_TOPIC, DEMO_QUESTION),
+    ("try", "\n\nIn short, the try statement in Python is"),
+    ("for", "\n\nIn short, a for loop in Python is"),
+    ("class", "\n\nIn short, a class definition in Python is"),
+    ("lambda", "\n\nIn short, a lambda expression in Python is"),
+    ("import", "\n\nIn short, the import statement in Python is"),
+    ("assert", "\n\nIn short, an assert statement in Python is"),
+    ("function", "\n\nIn short, a function definition in Python is"),
+]
+DEMO_PROMPT_COUNT = 4
 DEMO_MODEL = "smollm2-135m-flashback"
 # The shipped model was trained on 64-token chunks (plus their title line); the demo index matches.
 DEMO_CHUNK_TOKENS = 64
@@ -49,23 +67,29 @@ def demo_index(model_alias: str = "smollm2-135m", rebuild: bool = False,
     return out
 
 
-def demo_prompt(tokenizer, prompt_tokens: int) -> str:
-    """A real passage of the docs (the ``with`` statement), cut to ``prompt_tokens``, then a question."""
+def demo_prompt(tokenizer, prompt_tokens: int, topic: str = DEMO_PROMPT_TOPIC,
+                question: str = DEMO_QUESTION) -> str:
+    """A real page of the docs (the ``with`` statement by default), cut to ``prompt_tokens``, then a question."""
     from .stdlib_corpus import pydoc_topic_documents
 
     topics = {d.title: d.text for d in pydoc_topic_documents()}
-    text = topics.get(DEMO_PROMPT_TOPIC) or next(iter(topics.values()), "Python is a programming language.")
+    text = topics.get(topic) or next(iter(topics.values()), "Python is a programming language.")
     ids = tokenizer(text, add_special_tokens=False).input_ids[:prompt_tokens]
-    return tokenizer.decode(ids) + DEMO_QUESTION
+    return tokenizer.decode(ids) + question
 
 
 def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: int = 512,
-             device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+             device: str | None = None, dtype: str | None = None, prompts: int = DEMO_PROMPT_COUNT
+             ) -> dict[str, Any]:
     """Generate with no retrieval, prepend (base model) and FlashBack (``model``); texts, times, shares.
 
     ``model`` is a FlashBack model (shipped name, or a folder / adapter-carrying model whose recorded
     settings are the layout); the other two rows use its base model with the same retrieval settings.
+    The three rows run on the first ``prompts`` of :data:`DEMO_PROMPTS`; the report's ``none`` /
+    ``prepend`` / ``flashback`` are the first prompt's, ``mean`` each row's shares over all of them.
     """
+    if isinstance(prompts, bool) or not isinstance(prompts, int) or not 1 <= prompts <= len(DEMO_PROMPTS):
+        raise ConfigError(f"prompts must be an integer in [1, {len(DEMO_PROMPTS)}], got {prompts!r}")
     from .config import FlashBackConfig
     from .decoding import FlashBack
     from .models import base_alias, load_model
@@ -76,7 +100,9 @@ def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: 
     trained = getattr(flash_lm, "flashback_config", None) or FlashBackConfig()
     base_lm, base_tokenizer = load_model(base, device=device, dtype=dtype) if base != model else (flash_lm, tokenizer)
     retriever = load_index(demo_index("smollm2-135m" if base.startswith("smollm2") else base))
-    prompt = demo_prompt(tokenizer, prompt_tokens)
+    chosen = [(topic, demo_prompt(tokenizer, prompt_tokens, topic, question))
+              for topic, question in DEMO_PROMPTS[:prompts]]
+    prompt = chosen[0][1]
     engines = {
         "none": FlashBack(base_lm, base_tokenizer, None, trained.replace(pattern="none")),
         "prepend": FlashBack(base_lm, base_tokenizer, retriever,
@@ -86,10 +112,16 @@ def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: 
     for fb in engines.values():          # warm-up: first calls pay for allocation and lazy init
         fb.generate(prompt, max_new_tokens=2 * trained.stride, ignore_eos=True)
     out: dict[str, Any] = {"model": model, "base_model": base, "prompt_tokens": len(tokenizer(prompt).input_ids),
-                           "settings": {**trained.to_dict(), "max_new_tokens": max_new_tokens, "ngram": NGRAM}}
-    for name, fb in engines.items():
-        out[name] = _describe(fb, fb.generate(prompt, max_new_tokens=max_new_tokens, ignore_eos=True))
-    out["speedup"] = round(out["prepend"]["seconds"] / out["flashback"]["seconds"], 3)
+                           "settings": {**trained.to_dict(), "max_new_tokens": max_new_tokens, "ngram": NGRAM},
+                           "prompts": []}
+    for topic, text in chosen:
+        rows = {name: _describe(fb, fb.generate(text, max_new_tokens=max_new_tokens, ignore_eos=True))
+                for name, fb in engines.items()}
+        out["prompts"].append({"topic": topic, "question": text[text.rindex("\n") + 1:], **rows})
+    out.update({name: out["prompts"][0][name] for name in engines})
+    out["mean"] = {name: {share: round(sum(p[name][share] for p in out["prompts"]) / len(out["prompts"]), 3)
+                          for share in ("copy_share", "repeat_share", "seconds")} for name in engines}
+    out["speedup"] = round(out["mean"]["prepend"]["seconds"] / out["mean"]["flashback"]["seconds"], 3)
     return out
 
 
@@ -132,12 +164,23 @@ def _print_report(report: dict[str, Any]) -> None:
     for rec in report["flashback"]["passages"]:
         titles = ", ".join(f"{p['title']} [{p['id']}]" for p in rec["passages"]) or "(none)"
         print(f"  step {rec['step']:>4}: {titles}")
-    print(f"\nspeed-up of FlashBack over prepend: {report['speedup']:.2f}x (wall clock, same run, after warm-up)")
+    prompts = report["prompts"]
+    print(f"\n{s['ngram']}-grams copied from the passages / repeated within the output, per prompt (greedy):")
+    names = ("none", "prepend", "flashback")
+    print(f"  {'prompt':<10}" + "".join(f"{n:>17}" for n in names))
+    for p in prompts:
+        print(f"  {p['topic']:<10}" + "".join(f"{p[n]['copy_share']:>10.0%} /{p[n]['repeat_share']:>5.0%}"
+                                             for n in names))
+    mean = report["mean"]
+    print(f"  {'mean':<10}" + "".join(f"{mean[n]['copy_share']:>10.0%} /{mean[n]['repeat_share']:>5.0%}"
+                                      for n in names))
+    print(f"\nspeed-up of FlashBack over prepend: {report['speedup']:.2f}x (wall clock, mean over {len(prompts)} "
+          f"prompt{'s' if len(prompts) > 1 else ''}, same run, after warm-up)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     report = run_demo(model=args.model, max_new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens,
-                      device=args.device, dtype=args.dtype)
+                      device=args.device, dtype=args.dtype, prompts=args.prompts)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -152,6 +195,9 @@ def add_commands(subparsers) -> None:
                       "rows use its base model with its retrieval settings")
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--prompt-tokens", type=int, default=512, help="length of the docs passage in the prompt")
+    demo.add_argument("--prompts", type=int, default=DEMO_PROMPT_COUNT,
+                      help=f"how many prompts the shares are averaged over (1-{len(DEMO_PROMPTS)}; default "
+                           "%(default)s); the first one's texts are shown")
     demo.add_argument("--device", default=None)
     demo.add_argument("--dtype", default=None)
     demo.add_argument("--json", action="store_true", help="print the report as JSON")

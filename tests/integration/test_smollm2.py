@@ -52,9 +52,17 @@ def test_second_load_is_fast_and_identical(smollm2):
 
 
 def test_demo_json(capsys):
-    """Three rows on one prompt: no retrieval, prepend (base model), FlashBack (the shipped model)."""
-    assert main(["demo", "--json", "--max-new-tokens", "32", "--prompt-tokens", "96"]) == 0
+    """Three rows on each prompt: no retrieval, prepend (base model), FlashBack (the shipped model); the
+    first prompt's rows in full, each row's shares averaged over the prompts."""
+    assert main(["demo", "--json", "--max-new-tokens", "32", "--prompt-tokens", "96", "--prompts", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert [p["topic"] for p in report["prompts"]] == ["with", "try"]
+    assert report["prompts"][1]["question"] == "In short, the try statement in Python is"
+    for row in ("none", "prepend", "flashback"):
+        assert report[row] == report["prompts"][0][row]
+        for share in ("copy_share", "repeat_share"):
+            mean = sum(p[row][share] for p in report["prompts"]) / 2
+            assert report["mean"][row][share] == pytest.approx(mean, abs=1e-3)
     assert report["model"] == "smollm2-135m-flashback" and report["base_model"] == "smollm2-135m"
     for row in ("none", "prepend", "flashback"):
         assert set(report[row]) >= {"text", "seconds", "tokens", "copy_share", "repeat_share"}
@@ -64,5 +72,6 @@ def test_demo_json(capsys):
     assert report["flashback"]["pattern"] == "append" and report["flashback"]["echo_tokens"] == 16
     assert report["flashback"]["block_positions"] == "before" and report["prepend"]["block_positions"] == "after"
     assert report["prepend"]["pattern"] == "prepend"
-    assert report["speedup"] == pytest.approx(report["prepend"]["seconds"] / report["flashback"]["seconds"], rel=1e-2)
+    assert report["speedup"] == pytest.approx(report["mean"]["prepend"]["seconds"] / report["mean"]["flashback"]["seconds"],
+                                              rel=1e-2)
     assert report["flashback"]["passages"][0]["passages"]
