@@ -79,26 +79,29 @@ def demo_prompt(tokenizer, prompt_tokens: int, topic: str = DEMO_PROMPT_TOPIC,
 
 
 def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: int = 512,
-             device: str | None = None, dtype: str | None = None, prompts: int = DEMO_PROMPT_COUNT
-             ) -> dict[str, Any]:
+             device: str | None = None, dtype: str | None = None, prompts: int = DEMO_PROMPT_COUNT,
+             adapter: str | None = None) -> dict[str, Any]:
     """Generate with no retrieval, prepend (base model) and FlashBack (``model``); texts, times, shares.
 
     ``model`` is a FlashBack model (shipped name, or a folder / adapter-carrying model whose recorded
-    settings are the layout); the other two rows use its base model with the same retrieval settings.
-    The three rows run on the first ``prompts`` of :data:`DEMO_PROMPTS`; the report's ``none`` /
+    settings are the layout), or a base model with a FlashBack ``adapter`` folder (``flashback train``'s);
+    the other two rows use the base model with the same retrieval settings. The three rows run on the first ``prompts`` of :data:`DEMO_PROMPTS`; the report's ``none`` /
     ``prepend`` / ``flashback`` are the first prompt's, ``mean`` each row's shares over all of them.
     """
     if isinstance(prompts, bool) or not isinstance(prompts, int) or not 1 <= prompts <= len(DEMO_PROMPTS):
         raise ConfigError(f"prompts must be an integer in [1, {len(DEMO_PROMPTS)}], got {prompts!r}")
     from .config import FlashBackConfig
     from .decoding import FlashBack
-    from .models import base_alias, load_model
+    from .models import base_alias, load_model, merged_for_inference
     from .retrievers import load_index
 
     base = base_alias(model)
-    flash_lm, tokenizer = load_model(model, device=device, dtype=dtype)
+    flash_lm, tokenizer = load_model(model, device=device, dtype=dtype, adapter=adapter)
+    if adapter is not None:           # merged, as the shipped model loads: decoding at the base model's cost
+        flash_lm = merged_for_inference(flash_lm)
     trained = getattr(flash_lm, "flashback_config", None) or FlashBackConfig()
-    base_lm, base_tokenizer = load_model(base, device=device, dtype=dtype) if base != model else (flash_lm, tokenizer)
+    separate = base != model or adapter is not None
+    base_lm, base_tokenizer = load_model(base, device=device, dtype=dtype) if separate else (flash_lm, tokenizer)
     retriever = load_index(demo_index("smollm2-135m" if base.startswith("smollm2") else base))
     chosen = [(topic, demo_prompt(tokenizer, prompt_tokens, topic, question))
               for topic, question in DEMO_PROMPTS[:prompts]]
@@ -111,7 +114,7 @@ def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: 
     }
     for fb in engines.values():          # warm-up: first calls pay for allocation and lazy init
         fb.generate(prompt, max_new_tokens=2 * trained.stride, ignore_eos=True)
-    out: dict[str, Any] = {"model": model, "base_model": base, "prompt_tokens": len(tokenizer(prompt).input_ids),
+    out: dict[str, Any] = {"model": model, "adapter": str(adapter) if adapter else None, "base_model": base, "prompt_tokens": len(tokenizer(prompt).input_ids),
                            "settings": {**trained.to_dict(), "max_new_tokens": max_new_tokens, "ngram": NGRAM},
                            "prompts": []}
     for topic, text in chosen:
@@ -153,9 +156,10 @@ def _print_report(report: dict[str, Any]) -> None:
     print(f"FlashBack demo: {report['model']} (base {report['base_model']}), prompt {report['prompt_tokens']} "
           f"tokens, {s['max_new_tokens']} new tokens, re-retrieval every {s['stride']} tokens, "
           f"{s['doc_tokens']}-token passages, echo {s['echo_tokens']}, block positions {s['block_positions']}\n")
+    flash_name = report["model"] + (f" + {report['adapter']}" if report.get("adapter") else "")
     for name in ("none", "prepend", "flashback"):
         r = report[name]
-        print(f"=== {ROW_TITLES[name].format(model=report['model'])}: {r['tokens']} tokens in {r['seconds']:.2f}s "
+        print(f"=== {ROW_TITLES[name].format(model=flash_name)}: {r['tokens']} tokens in {r['seconds']:.2f}s "
               f"({r['prefill_tokens']} tokens prefilled); {s['ngram']}-grams copied from its passages "
               f"{r['copy_share']:.0%}, repeated within it {r['repeat_share']:.0%}")
         print(r["text"].strip())
@@ -180,7 +184,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     report = run_demo(model=args.model, max_new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens,
-                      device=args.device, dtype=args.dtype, prompts=args.prompts)
+                      device=args.device, dtype=args.dtype, prompts=args.prompts, adapter=args.adapter)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -193,6 +197,8 @@ def add_commands(subparsers) -> None:
                                               "docs (offline)")
     demo.add_argument("--model", default=DEMO_MODEL, help="FlashBack model (default: %(default)s); the other "
                       "rows use its base model with its retrieval settings")
+    demo.add_argument("--adapter", default=None, help="a FlashBack adapter folder (flashback train --out) for "
+                      "--model, which is then its base model: the FlashBack row uses the adapter")
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--prompt-tokens", type=int, default=512, help="length of the docs passage in the prompt")
     demo.add_argument("--prompts", type=int, default=DEMO_PROMPT_COUNT,

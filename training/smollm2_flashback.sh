@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The shipped `smollm2-135m-flashback` model: SmolLM2-135M-Instruct + a FlashBack adapter (append, markers,
-# echo of 16 tokens, the block at the positions before the text, LoRA r=16 + the two marker rows), trained
-# on CPU from the Python 3.11 documentation. These are the settings of the "block before" row of
-# benchmarks/quality.py at a budget of 150 steps x 4 packed windows over 3,000 retrieval points; the
-# benchmark scores this adapter (`--use-adapter append_before_lora_markers=...`, `--steps 150
-# --train-points 3000`) in both retrieval regimes, next to rows trained at the same budget.
+# echo of 16 tokens, the block at the positions before the text, LoRA r=16 + the two marker rows, trained
+# with the prefix loss), trained on CPU from the Python 3.11 documentation. These are the settings of the
+# "block before, prefix loss" row of benchmarks/quality.py at a budget of 150 steps x 4 packed windows over
+# 3,000 retrieval points; the benchmark scores this adapter (`--use-adapter
+# append_before_lora_markers_prefix=...`, `--steps 150 --train-points 3000`) in both retrieval regimes,
+# next to rows trained at the same budget.
 #   bash training/smollm2_flashback.sh [WORK_DIR] [ADAPTER_OUT]      # ~30 min on 2 idle CPU cores
 #   STEPS=2 POINTS=64 bash training/smollm2_flashback.sh /tmp/w       # a smoke pass of every step
 #   ECHO=32 bash training/smollm2_flashback.sh                        # the echo-32 variant (measured worse)
 #   COPY_PERCENT=25 bash training/smollm2_flashback.sh                # another share of "copy" windows
 #   BLOCK_POSITIONS=after bash training/smollm2_flashback.sh          # the paper's positions (vLLM can serve
-#                                                                     # it; the previous shipped version)
+#                                                                     # it; an earlier shipped version)
+#   PREFIX_LOSS=0 bash training/smollm2_flashback.sh                  # targets-only loss (the paper's; the
+#                                                                     # previous shipped version)
 # Corpus: Debian's python3.11-doc reST sources (fetched with apt-get download), split by a seeded hash of the
 # title into index / train / validation documents (flashback_rag/python_doc_corpus.py). Half the training
 # windows retrieve from the index documents only ("related"), half from an index that also holds the
@@ -27,7 +30,7 @@ BATCH=${BATCH:-4}
 ECHO=${ECHO:-16}
 BLOCK_POSITIONS=${BLOCK_POSITIONS:-before}
 COPY_PERCENT=${COPY_PERCENT:-50}
-PREFIX_LOSS=${PREFIX_LOSS:-0}
+PREFIX_LOSS=${PREFIX_LOSS:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 MODEL=smollm2-135m
 mkdir -p "$WORK/corpus"
@@ -67,7 +70,8 @@ if (( COPY_POINTS > 0 )); then
     $FLASHBACK prepare $PREP --index "$WORK/index-copy" --out "$WORK/data-copy" --max-examples $COPY_POINTS
     DATA+=("$WORK/data-copy")
 fi
-# 4. LoRA + markers on the append + echo layout, both regimes mixed, BATCH packed windows a step
+# 4. LoRA + markers on the append + echo layout, both regimes mixed, BATCH packed windows a step; the prefix
+#    loss also scores each window's own tokens (read without passages, as decoding computes the prefix)
 $FLASHBACK train --model $MODEL --data "${DATA[@]}" --out "$OUT" \
     --pattern append --markers --echo-tokens $ECHO --block-positions $BLOCK_POSITIONS \
     --prefix-loss-weight $PREFIX_LOSS --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
