@@ -72,3 +72,17 @@ def test_cli_generate_and_eval_with_the_shipped_model(tmp_path, capsys):
 def test_an_adapter_on_top_is_refused():
     with pytest.raises(ModelNotFoundError, match="already carries"):
         load_model(NAME, adapter="somewhere")
+
+
+def test_demo_with_an_adapter_folder_equals_the_shipped_name(capsys):
+    """`demo --model BASE --adapter DIR` runs the FlashBack row with that adapter (merged, as the shipped
+    model loads): the shipped folder given as an adapter writes the shipped model's own text."""
+    common = ["demo", "--json", "--prompts", "1", "--max-new-tokens", "16", "--prompt-tokens", "64"]
+    assert main(common + ["--model", "smollm2-135m", "--adapter", str(shipped_adapter(NAME))]) == 0
+    with_adapter = json.loads(capsys.readouterr().out)
+    assert main(common) == 0
+    shipped = json.loads(capsys.readouterr().out)
+    assert with_adapter["adapter"] == str(shipped_adapter(NAME)) and with_adapter["base_model"] == "smollm2-135m"
+    assert with_adapter["flashback"]["text"] == shipped["flashback"]["text"]
+    assert with_adapter["prepend"]["text"] == shipped["prepend"]["text"]
+    assert with_adapter["flashback"]["block_positions"] == "before"
