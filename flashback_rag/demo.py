@@ -118,7 +118,7 @@ def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: 
                            "settings": {**trained.to_dict(), "max_new_tokens": max_new_tokens, "ngram": NGRAM},
                            "prompts": []}
     for topic, text in chosen:
-        rows = {name: _describe(fb, fb.generate(text, max_new_tokens=max_new_tokens, ignore_eos=True))
+        rows = {name: describe_generation(fb, fb.generate(text, max_new_tokens=max_new_tokens, ignore_eos=True))
                 for name, fb in engines.items()}
         out["prompts"].append({"topic": topic, "question": text[text.rindex("\n") + 1:], **rows})
     out.update({name: out["prompts"][0][name] for name in engines})
@@ -128,7 +128,7 @@ def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: 
     return out
 
 
-def _describe(fb, result) -> dict[str, Any]:
+def describe_generation(fb, result) -> dict[str, Any]:
     """What the report shows of one generation: text, time, copy and repetition shares, passages."""
     from .text_stats import copy_share, repeat_share
 
