@@ -1,6 +1,6 @@
 """The demo's two shares (copying from the passages, self-repetition) over 32 prompts, with intervals.
 
-    python benchmarks/demo_shares.py                       # base none / prepend + the shipped model (~12 min)
+    python benchmarks/demo_shares.py                       # base none / prepend + the shipped model (~15 min)
     python benchmarks/demo_shares.py --flashback shipped=smollm2-135m-flashback c75=/tmp/r/c75/adapter
     python benchmarks/demo_shares.py --prompts 8           # the demo's own 8 prompts only
 
@@ -103,7 +103,7 @@ def summarize(report: dict[str, Any], samples: int) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     s, summary = report["settings"], report["summary"]
     lines = [f"# Demo shares over {len(report['prompts'])} prompts", "",
-             f"`{report['command']}` ({report['threads']} threads, load average {report['load_average']}). "
+             f"`{report['command']}` (torch threads: {report['threads']}, load average {report['load_average']}). "
              f"Greedy, {s['max_new_tokens']} new tokens, {s['prompt_tokens']}-token docs page then a question; "
              f"stride {s['stride']}, {s['doc_tokens']}-token passages, top_k {s['top_k']}; "
              f"{s['ngram']}-grams. Intervals: 95% paired bootstrap over prompts.", "",
