@@ -164,12 +164,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from flashback_rag.config import FlashBackConfig
     from flashback_rag.decoding import FlashBack
-    from flashback_rag.demo import NGRAM, demo_index, demo_prompt
+    from flashback_rag.demo import NGRAM, baseline_configs, demo_prompt, demo_retriever, load_flashback_model
     from flashback_rag.io_utils import atomic_write_json, atomic_write_text
-    from flashback_rag.models import SHIPPED, base_alias, load_model, merged_for_inference
-    from flashback_rag.retrievers import load_index
+    from flashback_rag.models import SHIPPED, base_alias, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,15 +176,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def load(source: str):
         if source in SHIPPED:
-            return load_model(source)
-        model, tokenizer = load_model(args.base, adapter=source)
-        return merged_for_inference(model), tokenizer
+            return load_flashback_model(source)
+        return load_flashback_model(args.base, adapter=source)
 
-    first_lm, tokenizer = load(sources[0][1])
-    trained = getattr(first_lm, "flashback_config", None) or FlashBackConfig()
-    del first_lm
+    # the first row's model gives the settings and the tokenizer; it is kept for its own row
+    loaded = {sources[0][1]: load(sources[0][1])}
+    _, tokenizer, trained = loaded[sources[0][1]]
     base = base_alias(sources[0][1]) if sources[0][1] in SHIPPED else args.base
-    retriever = load_index(demo_index("smollm2-135m" if base.startswith("smollm2") else base))
+    retriever = demo_retriever(base)
     texts = [demo_prompt(tokenizer, args.prompt_tokens, topic, question) for topic, question in chosen]
     settings = {**trained.to_dict(), "max_new_tokens": args.max_new_tokens, "prompt_tokens": args.prompt_tokens,
                 "ngram": NGRAM, "base": base}
@@ -211,23 +208,22 @@ def main(argv: list[str] | None = None) -> int:
     def reusable(name: str, source: str) -> bool:
         return same_run and previous.get("rows", {}).get(name, {}).get("source") == source
 
-    base_rows = [("none", trained.replace(pattern="none")),
-                 ("prepend", trained.replace(pattern="prepend", markers=False, echo_tokens=0))]
-    if not all(reusable(name, base) for name, _ in base_rows):
+    base_rows = baseline_configs(trained)
+    if not all(reusable(name, base) for name in base_rows):
         base_lm, base_tokenizer = load_model(base)
-        for name, config in base_rows:
+        for name, config in base_rows.items():
             fb = FlashBack(base_lm, base_tokenizer, None if name == "none" else retriever, config)
             keep(name, base, run_row(fb, texts, args.max_new_tokens, name))
         del base_lm
     else:
-        for name, _ in base_rows:
+        for name in base_rows:
             keep(name, base)
     for name, source in sources:
+        held = loaded.pop(source, None)
         if reusable(name, source):
             keep(name, source)
             continue
-        lm, tok = load(source)
-        config = getattr(lm, "flashback_config", None) or trained
+        (lm, tok, config), held = held or load(source), None
         keep(name, source, run_row(FlashBack(lm, tok, retriever, config), texts, args.max_new_tokens, name))
         del lm
         gc.collect()

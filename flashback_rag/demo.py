@@ -78,6 +78,34 @@ def demo_prompt(tokenizer, prompt_tokens: int, topic: str = DEMO_PROMPT_TOPIC,
     return tokenizer.decode(ids) + question
 
 
+def load_flashback_model(model: str, adapter: str | None = None, device: str | None = None,
+                         dtype: str | None = None):
+    """``(model, tokenizer, settings)`` of a FlashBack row: ``model`` alone (a shipped name or a folder), or a
+    base model with a ``flashback train`` ``adapter`` folder, merged as the shipped model loads (decoding at
+    the base model's cost). ``settings``: the recorded layout, or the defaults for a model without one."""
+    from .config import FlashBackConfig
+    from .models import load_model, merged_for_inference
+
+    lm, tokenizer = load_model(model, device=device, dtype=dtype, adapter=adapter)
+    if adapter is not None:
+        lm = merged_for_inference(lm)
+    return lm, tokenizer, getattr(lm, "flashback_config", None) or FlashBackConfig()
+
+
+def baseline_configs(trained) -> dict[str, Any]:
+    """The base model's rows beside a FlashBack row: no retrieval, and prepend with the same retrieval
+    settings (no markers, no echo: the In-Context RALM layout)."""
+    return {"none": trained.replace(pattern="none"),
+            "prepend": trained.replace(pattern="prepend", markers=False, echo_tokens=0)}
+
+
+def demo_retriever(base: str):
+    """The demo's BM25 index over the Python docs, chunked with ``base``'s tokenizer (built on first use)."""
+    from .retrievers import load_index
+
+    return load_index(demo_index("smollm2-135m" if base.startswith("smollm2") else base))
+
+
 def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: int = 512,
              device: str | None = None, dtype: str | None = None, prompts: int = DEMO_PROMPT_COUNT,
              adapter: str | None = None) -> dict[str, Any]:
@@ -90,28 +118,20 @@ def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: 
     """
     if isinstance(prompts, bool) or not isinstance(prompts, int) or not 1 <= prompts <= len(DEMO_PROMPTS):
         raise ConfigError(f"prompts must be an integer in [1, {len(DEMO_PROMPTS)}], got {prompts!r}")
-    from .config import FlashBackConfig
     from .decoding import FlashBack
-    from .models import base_alias, load_model, merged_for_inference
-    from .retrievers import load_index
+    from .models import base_alias, load_model
 
     base = base_alias(model)
-    flash_lm, tokenizer = load_model(model, device=device, dtype=dtype, adapter=adapter)
-    if adapter is not None:           # merged, as the shipped model loads: decoding at the base model's cost
-        flash_lm = merged_for_inference(flash_lm)
-    trained = getattr(flash_lm, "flashback_config", None) or FlashBackConfig()
+    flash_lm, tokenizer, trained = load_flashback_model(model, adapter, device=device, dtype=dtype)
     separate = base != model or adapter is not None
     base_lm, base_tokenizer = load_model(base, device=device, dtype=dtype) if separate else (flash_lm, tokenizer)
-    retriever = load_index(demo_index("smollm2-135m" if base.startswith("smollm2") else base))
+    retriever = demo_retriever(base)
     chosen = [(topic, demo_prompt(tokenizer, prompt_tokens, topic, question))
               for topic, question in DEMO_PROMPTS[:prompts]]
     prompt = chosen[0][1]
-    engines = {
-        "none": FlashBack(base_lm, base_tokenizer, None, trained.replace(pattern="none")),
-        "prepend": FlashBack(base_lm, base_tokenizer, retriever,
-                             trained.replace(pattern="prepend", markers=False, echo_tokens=0)),
-        "flashback": FlashBack(flash_lm, tokenizer, retriever, trained),
-    }
+    engines = {name: FlashBack(base_lm, base_tokenizer, None if name == "none" else retriever, config)
+               for name, config in baseline_configs(trained).items()}
+    engines["flashback"] = FlashBack(flash_lm, tokenizer, retriever, trained)
     for fb in engines.values():          # warm-up: first calls pay for allocation and lazy init
         fb.generate(prompt, max_new_tokens=2 * trained.stride, ignore_eos=True)
     out: dict[str, Any] = {"model": model, "adapter": str(adapter) if adapter else None, "base_model": base, "prompt_tokens": len(tokenizer(prompt).input_ids),

@@ -7,9 +7,22 @@ and repeats sometimes (exercising reuse), deterministically across the cached an
 
 from __future__ import annotations
 
+import importlib.util
 import zlib
+from pathlib import Path
 
 from flashback_rag.retrievers import Passage
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # Python language-reference sections: a small real corpus that exists wherever Python does
 # (the pydoc_topics_jsonl fixture writes them as a JSONL corpus file).

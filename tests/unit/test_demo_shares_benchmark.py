@@ -1,21 +1,14 @@
 """benchmarks/demo_shares.py without a model: its prompt list, intervals, summary and report tables."""
 
-import importlib.util
-from pathlib import Path
-
 import pydoc_data.topics
 import pytest
 
 from flashback_rag.demo import DEMO_PROMPTS
-
-ROOT = Path(__file__).resolve().parents[2]
+from helpers import load_benchmark
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("bench_demo_shares", ROOT / "benchmarks" / "demo_shares.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("demo_shares")
 
 
 def test_prompts_are_the_demos_then_distinct_pydoc_pages():

@@ -6,33 +6,24 @@ last token), and many sessions run at once. Nothing here is timed.
 """
 
 import copy
-import importlib.util
 import json
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from tokenizers import AddedToken
 
 from flashback_rag import FlashBack, FlashBackConfig
 from flashback_rag.backends.vllm_common import record_request
+from helpers import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 BLOCK = 8
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def speed():
-    return load("speed")
+    return load_benchmark("speed")
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,16 @@
 """benchmarks/speed.py: its cost-model schedule matches what the engine really feeds, and it runs end to end."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from flashback_rag import FlashBack, FlashBackConfig
-
-ROOT = Path(__file__).resolve().parents[2]
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", ROOT / "benchmarks" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 @pytest.mark.parametrize("pattern,echo", [("prepend", 0), ("append", 0), ("append", 6), ("none", 0)])
