@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,16 @@ from .corpus import Document
 
 DEBIAN_PACKAGE = "python3.11-doc"
 SOURCES = Path("usr/share/doc/python3.11/html/_sources")
+
+
+def _install(extracted: Path, target: Path) -> None:
+    """Rename a complete extraction into place; if another process got there first, keep its copy (a rename
+    is atomic, so an existing target is complete)."""
+    try:
+        os.replace(extracted, target)
+    except OSError:
+        if not target.is_dir():
+            raise
 
 
 def python_docs(work: Path, min_chars: int = 2000) -> tuple[list[Document], str]:
@@ -37,10 +48,16 @@ def python_docs(work: Path, min_chars: int = 2000) -> tuple[list[Document], str]
                 subprocess.run(["apt-get", "download", DEBIAN_PACKAGE], cwd=tmp, check=True,
                                capture_output=True, timeout=300)
                 deb = next(Path(tmp).glob(f"{DEBIAN_PACKAGE}_*.deb"))
-                part = work / f".{DEBIAN_PACKAGE}.partial"
-                subprocess.run(["rm", "-rf", str(part)], check=True)
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(part)], check=True, timeout=300)
-                os.replace(part, target)
+                # A folder of this process's own: two processes fetching into one work folder at once used
+                # to share one ".partial" folder, and one of them renamed it while the other was still
+                # writing, leaving a corpus with files missing (a benchmark run on a third of the docs).
+                work.mkdir(parents=True, exist_ok=True)
+                part = Path(tempfile.mkdtemp(prefix=f".{DEBIAN_PACKAGE}.", dir=work))
+                try:
+                    subprocess.run(["dpkg-deb", "-x", str(deb), str(part)], check=True, timeout=300)
+                    _install(part, target)
+                finally:
+                    shutil.rmtree(part, ignore_errors=True)
             except (OSError, subprocess.SubprocessError, StopIteration) as err:
                 print(f"flashback: {DEBIAN_PACKAGE} unavailable ({err}); using the stdlib docs", file=sys.stderr)
     if sources.is_dir():
