@@ -8,6 +8,10 @@
 # next to rows trained at the same budget.
 #   bash training/smollm2_flashback.sh [WORK_DIR] [ADAPTER_OUT]      # ~30 min on 2 idle CPU cores
 #   STEPS=2 POINTS=64 bash training/smollm2_flashback.sh /tmp/w       # a smoke pass of every step
+#   POINTS=16000 STEPS=200 BATCH=16 bash training/smollm2_flashback.sh # the paper's budget (16,000 retrieval
+#                                                                     # points, one epoch) on one GPU
+#   STAGES="corpus index prepare" ... ; STAGES=train ...              # data here, training elsewhere (a GPU
+#                                                                     # machine given WORK's data-* folders)
 #   ECHO=32 bash training/smollm2_flashback.sh                        # the echo-32 variant (measured worse)
 #   COPY_PERCENT=25 bash training/smollm2_flashback.sh                # another share of "copy" windows
 #   BLOCK_POSITIONS=after bash training/smollm2_flashback.sh          # the paper's positions (vLLM can serve
@@ -31,11 +35,17 @@ ECHO=${ECHO:-16}
 BLOCK_POSITIONS=${BLOCK_POSITIONS:-before}
 COPY_PERCENT=${COPY_PERCENT:-50}
 PREFIX_LOSS=${PREFIX_LOSS:-1}
+STAGES=${STAGES:-corpus index prepare train}
+for stage in $STAGES; do
+    case $stage in corpus|index|prepare|train) ;; *) echo "unknown stage '$stage' in STAGES (corpus index prepare train)" >&2; exit 2;; esac
+done
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 MODEL=smollm2-135m
 mkdir -p "$WORK/corpus"
 
 # 1. corpus: the split the quality benchmark uses (seed 42: 30% train, 10% validation, the rest indexed)
+if stage corpus; then
 $PYTHON - "$WORK" <<'PY'
 import json, sys, pathlib
 from flashback_rag.python_doc_corpus import python_docs, split_three_ways
@@ -50,11 +60,14 @@ for file, chosen in files.items():
             out.write(json.dumps({"title": d.title, "text": d.text}) + "\n")
 print(f"{name}: " + ", ".join(f"{k} {len(v)}" for k, v in files.items()), file=sys.stderr)
 PY
+fi
 # 2. two BM25 indexes over 64-token chunks: related (index documents) and copy (+ the training documents)
-$FLASHBACK index build --input "$WORK/corpus/index.jsonl" --out "$WORK/index-related" --chunk-tokens 64 \
-    --tokenizer $MODEL --quiet
-$FLASHBACK index build --input "$WORK/corpus/copy-train.jsonl" --out "$WORK/index-copy" --chunk-tokens 64 \
-    --tokenizer $MODEL --quiet
+if stage index; then
+    $FLASHBACK index build --input "$WORK/corpus/index.jsonl" --out "$WORK/index-related" --chunk-tokens 64 \
+        --tokenizer $MODEL --quiet
+    $FLASHBACK index build --input "$WORK/corpus/copy-train.jsonl" --out "$WORK/index-copy" --chunk-tokens 64 \
+        --tokenizer $MODEL --quiet
+fi
 # 3. packed windows: 256 positions, retrieval every 16 tokens from 64 tokens into a window, passages of up
 #    to 80 tokens (the chunk and its title line), room for the 16-token echo
 PREP="--model $MODEL --input $WORK/corpus/train.jsonl --validation-fraction 0 --stride 16 --query-tokens 32
@@ -62,16 +75,17 @@ PREP="--model $MODEL --input $WORK/corpus/train.jsonl --validation-fraction 0 --
 COPY_POINTS=$((POINTS * COPY_PERCENT / 100))
 DATA=()
 if (( COPY_POINTS < POINTS )); then
-    $FLASHBACK prepare $PREP --index "$WORK/index-related" --out "$WORK/data-related" \
+    stage prepare && $FLASHBACK prepare $PREP --index "$WORK/index-related" --out "$WORK/data-related" \
         --max-examples $((POINTS - COPY_POINTS))
     DATA+=("$WORK/data-related")
 fi
 if (( COPY_POINTS > 0 )); then
-    $FLASHBACK prepare $PREP --index "$WORK/index-copy" --out "$WORK/data-copy" --max-examples $COPY_POINTS
+    stage prepare && $FLASHBACK prepare $PREP --index "$WORK/index-copy" --out "$WORK/data-copy" --max-examples $COPY_POINTS
     DATA+=("$WORK/data-copy")
 fi
 # 4. LoRA + markers on the append + echo layout, both regimes mixed, BATCH packed windows a step; the prefix
 #    loss also scores each window's own tokens (read without passages, as decoding computes the prefix)
+stage train || exit 0
 $FLASHBACK train --model $MODEL --data "${DATA[@]}" --out "$OUT" \
     --pattern append --markers --echo-tokens $ECHO --block-positions $BLOCK_POSITIONS \
     --prefix-loss-weight $PREFIX_LOSS --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
