@@ -101,6 +101,8 @@ RULES: dict[str, Rule] = {
     "logging_steps": positive_int, "max_train_examples": positive_int, "max_eval_examples": positive_int,
     "max_tokens": positive_int, "marker_lr": positive_number, "echo_tokens": non_negative_int,
     "min_prefix": positive_int, "prefix_loss_weight": non_negative_number,
+    # rescale
+    "factor": positive_number,
 }
 
 # The few options whose flag is not simply --dest-with-dashes.
@@ -114,6 +116,7 @@ OUTPUTS: dict[str, list[tuple[str, str, str | None]]] = {
     "prepare": [("out", "folder", "args.json")],
     "train": [("out", "folder", "flashback.json")],
     "export": [("out", "folder", "flashback.json")],
+    "rescale": [("out", "folder", "flashback.json")],
     "eval ppl": [("output", "file", None)],
 }
 

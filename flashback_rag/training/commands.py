@@ -161,6 +161,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rescale(args: argparse.Namespace) -> int:
+    from ..adapter_scale import rescale_adapter
+
+    out = rescale_adapter(args.adapter, args.factor, args.out)
+    print(f"adapter written to {out} (its LoRA update x {args.factor:g})")
+    return 0
+
+
 def add_commands(subparsers) -> None:
     from ..models import DEFAULT_MARKER_INIT, MARKER_INITS
     from .trainer import DEFAULT_MARKER_LR
@@ -295,3 +303,10 @@ def add_commands(subparsers) -> None:
                     help="add the marker tokens (default: when the model's settings use them)")
     ex.add_argument("--device", default="cpu")
     ex.set_defaults(func=_cmd_export)
+
+    rs = subparsers.add_parser("rescale", help="write a copy of a LoRA adapter with its update times a factor "
+                                               "(0 = the base model, 1 = as trained)")
+    rs.add_argument("--adapter", required=True, help="a `flashback train` LoRA adapter folder")
+    rs.add_argument("--factor", type=float, required=True, help="the multiplier of the LoRA update (> 0)")
+    rs.add_argument("--out", required=True, help="the rescaled adapter's folder")
+    rs.set_defaults(func=_cmd_rescale)

@@ -277,6 +277,63 @@ def test_save_load_same_logits_and_merged_export(trained, tmp_path):
     assert torch.allclose(a, c, atol=1e-4)
 
 
+def test_rescaled_adapter_is_the_lora_update_times_the_factor(trained, tmp_path):
+    from flashback_rag.adapter_scale import rescale_adapter
+
+    adapter, *_, data = trained
+    ex = read_examples(data / "validation", limit=1)[0]
+
+    def logits(folder, halve=False):
+        model, tok = load_model("tiny-random-llama", adapter=folder)
+        if halve:                             # the same update halved by hand: every lora_B times 0.5
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if ".lora_B." in name:
+                        param.mul_(0.5)
+        ids = torch.tensor([layout(ex, "append", add_marker_tokens(model, tok))])
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    half = rescale_adapter(adapter, 0.5, tmp_path / "half")
+    assert torch.allclose(logits(half), logits(adapter, halve=True), atol=1e-5)
+    assert not torch.allclose(logits(half), logits(adapter), atol=1e-3)
+    assert read_meta(half)["rescaled"]["factor"] == 0.5
+    assert read_meta(half)["markers"] == read_meta(adapter)["markers"]     # the marker rows as trained
+    back = rescale_adapter(half, 2.0, tmp_path / "back")                    # factors multiply
+    assert read_meta(back)["rescaled"]["factor"] == 1.0
+    assert torch.allclose(logits(back), logits(adapter), atol=1e-5)
+
+
+def test_rescale_refuses_what_it_cannot_rescale(trained, prepared, tmp_path, capsys):
+    from flashback_rag.adapter_scale import rescale_adapter
+    from flashback_rag.cli import main
+
+    adapter, *_ = trained
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(FlashBackError, match="--factor"):
+            rescale_adapter(adapter, bad, tmp_path / "x")
+    with pytest.raises(FlashBackError, match="itself"):
+        rescale_adapter(adapter, 0.5, adapter)
+    data, _, _ = prepared
+    full = tmp_path / "full"
+    train(TrainConfig(model="tiny-random-llama", data=str(data), out=str(full), tune="full", pattern="none",
+                      learning_rate=1e-3, batch_size=2, max_steps=1, report_to="none", max_eval_examples=2),
+          show_progress=False)
+    with pytest.raises(AdapterMismatchError, match="not a LoRA adapter"):
+        rescale_adapter(full, 0.5, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    capsys.readouterr()                       # (training's own progress output)
+    for argv in (["--adapter", str(adapter), "--factor", "0"], ["--adapter", str(full), "--factor", "0.5"],
+                 ["--adapter", str(tmp_path / "missing"), "--factor", "0.5"]):
+        assert main(["rescale", *argv, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("flashback: error:")
+    assert main(["rescale", "--adapter", str(adapter), "--factor", "0.25", "--out", str(tmp_path / "q")]) == 0
+    assert read_meta(tmp_path / "q")["rescaled"]["factor"] == 0.25
+    assert json.loads((tmp_path / "q" / "adapter_config.json").read_text())["lora_alpha"] == pytest.approx(
+        0.25 * json.loads((adapter / "adapter_config.json").read_text())["lora_alpha"])
+
+
 def test_from_pretrained_restores_the_adapter_settings(trained):
     from flashback_rag import FlashBack
 
