@@ -21,16 +21,14 @@ them at length in free generation; a smaller factor trades some of the first for
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
-from .adapters import META_FILE, check_adapter_folder
+from .adapters import META_FILE, PEFT_CONFIG_FILE, check_adapter_folder
+from .cli_checks import positive_number
 from .errors import AdapterMismatchError, FlashBackError
 from .io_utils import atomic_directory, atomic_write_json, read_text
-
-PEFT_CONFIG = "adapter_config.json"
 
 
 def scaled_alpha(peft_config: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -44,7 +42,7 @@ def scaled_alpha(peft_config: dict[str, Any], factor: float) -> dict[str, Any]:
 
 def rescale_adapter(adapter: str | Path, factor: float, out: str | Path) -> Path:
     """Write ``out``: the LoRA adapter at ``adapter`` with its update multiplied by ``factor`` (> 0)."""
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+    if not positive_number(factor):          # the CLI's rule for --factor, for callers of this function
         raise FlashBackError(f"--factor must be a finite number above 0, got {factor!r}")
     adapter, out = Path(adapter), Path(out)
     if out.expanduser().resolve() == adapter.expanduser().resolve():
@@ -54,11 +52,12 @@ def rescale_adapter(adapter: str | Path, factor: float, out: str | Path) -> Path
         raise AdapterMismatchError(f"{adapter} holds a {meta['tune']!r} model, not a LoRA adapter: only a LoRA "
                                    "adapter keeps its update apart from the base weights")
     try:
-        peft_config = json.loads(read_text(adapter / PEFT_CONFIG))
+        peft_config = json.loads(read_text(adapter / PEFT_CONFIG_FILE))
     except ValueError as err:
-        raise AdapterMismatchError(f"{adapter / PEFT_CONFIG} is corrupt: {err}") from None
+        raise AdapterMismatchError(f"{adapter / PEFT_CONFIG_FILE} is corrupt: {err}") from None
     if peft_config.get("peft_type") != "LORA" or not isinstance(peft_config.get("lora_alpha"), (int, float)):
-        raise AdapterMismatchError(f"{adapter / PEFT_CONFIG} is not a LoRA configuration with a numeric lora_alpha")
+        raise AdapterMismatchError(f"{adapter / PEFT_CONFIG_FILE} is not a LoRA configuration with a numeric "
+                                   "lora_alpha")
     before = meta.get("rescaled") or {}
     total = float(before.get("factor", 1.0)) * factor
     record = {"factor": total, "trained_lora_alpha": before.get("trained_lora_alpha", peft_config["lora_alpha"]),
@@ -67,6 +66,6 @@ def rescale_adapter(adapter: str | Path, factor: float, out: str | Path) -> Path
         for item in adapter.iterdir():
             if item.is_file():
                 shutil.copy2(item, tmp / item.name)
-        atomic_write_json(tmp / PEFT_CONFIG, scaled_alpha(peft_config, factor))
+        atomic_write_json(tmp / PEFT_CONFIG_FILE, scaled_alpha(peft_config, factor))
         atomic_write_json(tmp / META_FILE, {**meta, "rescaled": record})
     return out

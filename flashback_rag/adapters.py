@@ -78,6 +78,7 @@ def write_meta(directory: str | Path, *, tune: str, markers, config: FlashBackCo
 
 TUNES = ("lora", "full", "merged")
 WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_CONFIG_FILE = "adapter_config.json"
 PICKLE_FILE = "adapter_model.bin"
 
 
@@ -141,8 +142,8 @@ def check_adapter_folder(directory: str | Path) -> dict[str, Any]:
     meta = read_meta(directory)
     if meta["tune"] != "lora":
         return meta
-    if not (directory / "adapter_config.json").is_file():
-        raise AdapterMismatchError(f"adapter {directory} has no adapter_config.json (PEFT's settings)")
+    if not (directory / PEFT_CONFIG_FILE).is_file():
+        raise AdapterMismatchError(f"adapter {directory} has no {PEFT_CONFIG_FILE} (PEFT's settings)")
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         if (directory / PICKLE_FILE).is_file():
