@@ -299,7 +299,8 @@ def check_reused(adapter: Path, row: Row, args) -> dict:
               if prepared.get(k) != v]
     if wrong:
         raise SystemExit(f"quality: {adapter} was not trained as row {row.key}: {'; '.join(wrong)}")
-    return {"steps": training.get("max_steps"), "batch_size": training.get("batch_size")}
+    return {"steps": training.get("max_steps"), "batch_size": training.get("batch_size"),
+            "copy_unlikelihood": training.get("copy_unlikelihood", 0.0)}
 
 
 def log(message: str) -> None:

@@ -101,6 +101,7 @@ RULES: dict[str, Rule] = {
     "logging_steps": positive_int, "max_train_examples": positive_int, "max_eval_examples": positive_int,
     "max_tokens": positive_int, "marker_lr": positive_number, "echo_tokens": non_negative_int,
     "min_prefix": positive_int, "prefix_loss_weight": non_negative_number,
+    "copy_unlikelihood": non_negative_number, "copy_min_match": positive_int,
     # rescale
     "factor": positive_number,
 }

@@ -16,6 +16,7 @@
 #   COPY_PERCENT=25 bash training/smollm2_flashback.sh                # another share of "copy" windows
 #   BLOCK_POSITIONS=after bash training/smollm2_flashback.sh          # the paper's positions (vLLM can serve
 #                                                                     # it; an earlier shipped version)
+#   COPY_UL=1 bash training/smollm2_flashback.sh                      # + the copy unlikelihood (less quoting)
 #   PREFIX_LOSS=0 bash training/smollm2_flashback.sh                  # targets-only loss (the paper's; the
 #                                                                     # previous shipped version)
 # Corpus: Debian's python3.11-doc reST sources (fetched with apt-get download), split by a seeded hash of the
@@ -35,6 +36,7 @@ ECHO=${ECHO:-16}
 BLOCK_POSITIONS=${BLOCK_POSITIONS:-before}
 COPY_PERCENT=${COPY_PERCENT:-50}
 PREFIX_LOSS=${PREFIX_LOSS:-1}
+COPY_UL=${COPY_UL:-0}
 STAGES=${STAGES:-corpus index prepare train}
 for stage in $STAGES; do
     case $stage in corpus|index|prepare|train) ;; *) echo "unknown stage '$stage' in STAGES (corpus index prepare train)" >&2; exit 2;; esac
@@ -88,6 +90,6 @@ fi
 stage train || exit 0
 $FLASHBACK train --model $MODEL --data "${DATA[@]}" --out "$OUT" \
     --pattern append --markers --echo-tokens $ECHO --block-positions $BLOCK_POSITIONS \
-    --prefix-loss-weight $PREFIX_LOSS --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
+    --prefix-loss-weight $PREFIX_LOSS --copy-unlikelihood $COPY_UL --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
     --warmup-ratio 0.1 --logging-steps $(( STEPS >= 10 ? STEPS / 10 : 1 )) --seed 42 --report-to none --quiet
 echo "adapter written to $OUT"

@@ -60,7 +60,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tune=args.tune, lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                           targets=args.lora_targets),
         top_k=args.top_k, echo_tokens=args.echo_tokens, block_positions=args.block_positions, pack=args.pack,
-        prefix_loss_weight=args.prefix_loss_weight, learning_rate=args.learning_rate,
+        prefix_loss_weight=args.prefix_loss_weight, copy_unlikelihood=args.copy_unlikelihood,
+        copy_min_match=args.copy_min_match, learning_rate=args.learning_rate,
         marker_lr=args.marker_lr, marker_init=args.marker_init, weight_decay=args.weight_decay,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
         epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, eval_steps=args.eval_steps,
@@ -172,6 +173,7 @@ def _cmd_rescale(args: argparse.Namespace) -> int:
 def add_commands(subparsers) -> None:
     from ..models import DEFAULT_MARKER_INIT, MARKER_INITS
     from .trainer import DEFAULT_MARKER_LR
+    from .unlikelihood import DEFAULT_MIN_MATCH
 
     p = subparsers.add_parser("prepare", help="corpus + index -> training / validation examples")
     p.add_argument("--model", required=True, help="model (alias/folder/id) whose tokenizer is used")
@@ -227,6 +229,13 @@ def add_commands(subparsers) -> None:
                    help="packed append / none: add this times the mean loss of each window's own tokens (the "
                         "prefix, read without passages, as decoding computes its cache); default 0, the paper's "
                         "loss on the targets after each passage only")
+    t.add_argument("--copy-unlikelihood", type=float, default=0.0,
+                   help="packed append: add this times the copy unlikelihood, -log(1 - p) of the token that would "
+                        "continue a passage the text matches where the text goes another way (less quoting "
+                        "in free generation); default 0")
+    t.add_argument("--copy-min-match", type=int, default=DEFAULT_MIN_MATCH,
+                   help="tokens the text must match a passage before its next token is a copy candidate "
+                        "(default %(default)s)")
     t.add_argument("--learning-rate", type=float, default=2e-4)
     t.add_argument("--marker-lr", type=float, default=DEFAULT_MARKER_LR,
                    help="learning rate of the two marker rows (default %(default)s)")

@@ -66,6 +66,7 @@ class PackedSequence:
     predict_at: list[int] = field(default_factory=list)   # index whose logits predict targets[n]
     targets: list[int] = field(default_factory=list)
     slots: list[tuple[int, int]] = field(default_factory=list)   # (point number, offset in stride)
+    copy_candidates: list[int] = field(default_factory=list)    # per target (training/unlikelihood.py), or none
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -142,7 +143,8 @@ def collate_packed(sequences: Sequence[PackedSequence], pad_id: int, mode: str =
 
     ``mode="segments"`` keeps the sequences themselves (``packed``: run by :func:`packed_token_nll`);
     ``mode="mask"`` right-pads them into ids, positions, the 4D mask and ``predict_at`` ``(B, N)`` (rows
-    with fewer targets repeat their last index).
+    with fewer targets repeat their last index). Sequences that carry copy candidates give
+    ``copy_candidates`` ``(B, N)`` too (-1 where none).
     """
     if mode not in MODES:
         raise ValueError(f"unknown packing mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -152,13 +154,20 @@ def collate_packed(sequences: Sequence[PackedSequence], pad_id: int, mode: str =
     targets = torch.full((batch, most), -100, dtype=torch.long)
     for row, p in enumerate(sequences):
         targets[row, :len(p.targets)] = torch.tensor(p.targets, dtype=torch.long)
+    extra = {}
+    if all(p.copy_candidates for p in sequences):
+        candidates = torch.full((batch, most), -1, dtype=torch.long)
+        for row, p in enumerate(sequences):
+            candidates[row, :len(p.copy_candidates)] = torch.tensor(p.copy_candidates, dtype=torch.long)
+        extra["copy_candidates"] = candidates
     # the prefix loss's labels: every window token after the first, predicted by the one before it
     windows = [p.input_ids[:p.window_length] for p in sequences]
     prefix_labels = torch.full((batch, max(1, max(len(w) for w in windows) - 1)), -100, dtype=torch.long)
     for row, w in enumerate(windows):
         prefix_labels[row, :len(w) - 1] = torch.tensor(w[1:], dtype=torch.long)
     if mode == "segments":
-        return {"packed": list(sequences), "pad_id": pad_id, "labels": targets, "prefix_labels": prefix_labels}
+        return {"packed": list(sequences), "pad_id": pad_id, "labels": targets, "prefix_labels": prefix_labels,
+                **extra}
     width = max(len(p) for p in sequences)
     ids = torch.full((batch, width), pad_id, dtype=torch.long)
     pos = torch.zeros((batch, width), dtype=torch.long)
@@ -173,7 +182,7 @@ def collate_packed(sequences: Sequence[PackedSequence], pad_id: int, mode: str =
         predict[row, k:] = p.predict_at[-1] if k else 0
         masks.append(attention_mask(p, width))
     return {"input_ids": ids, "position_ids": pos, "attention_mask": torch.cat(masks), "predict_at": predict,
-            "labels": targets, "prefix_labels": prefix_labels}
+            "labels": targets, "prefix_labels": prefix_labels, **extra}
 
 
 def packed_token_nll(model, batch: dict[str, Any], banned: Sequence[int] = ()) -> torch.Tensor:
@@ -188,6 +197,17 @@ def packed_losses(model, batch: dict[str, Any], banned: Sequence[int] = (), pref
     With ``prefix`` the window's own tokens are scored too (``batch["prefix_labels"]``): plain language
     modelling on the text the prefix's cache is computed from, at no extra forward.
     """
+    logits, prefix_logits = packed_logits(model, batch, banned, prefix)
+    nll = token_nll(logits, batch["labels"])                                                 # (B, N)
+    if prefix_logits is None:
+        return nll, None
+    return nll, token_nll(prefix_logits, batch["prefix_labels"])                            # (B, W)
+
+
+def packed_logits(model, batch: dict[str, Any], banned: Sequence[int] = (), prefix: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logits behind :func:`packed_losses` (float, ``banned`` ids masked): ``(B, N, V)`` for the
+    targets and, with ``prefix``, ``(B, L - 1, V)`` for the window's own next tokens."""
     from .data import mask_banned
 
     targets = batch["labels"]
@@ -211,13 +231,11 @@ def packed_losses(model, batch: dict[str, Any], banned: Sequence[int] = (), pref
         logits = out.logits[:, :targets.shape[1]]
         if prefix:
             prefix_logits = out.logits[:, targets.shape[1]:]
-    nll = _nll(mask_banned(logits.float(), banned), targets)                          # (B, N)
-    if prefix_logits is None:
-        return nll, None
-    return nll, _nll(mask_banned(prefix_logits.float(), banned), batch["prefix_labels"])   # (B, W)
+    logits = mask_banned(logits.float(), banned)
+    return logits, (None if prefix_logits is None else mask_banned(prefix_logits.float(), banned))
 
 
-def _nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     out = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                             ignore_index=-100, reduction="none")
     return out.view(labels.shape)
@@ -307,14 +325,25 @@ def window_blocks(record: dict[str, Any], pattern: str, markers=None, top_k: int
 
 
 def pack_record(record: dict[str, Any], pattern: str, markers=None, top_k: int | None = None,
-                echo: int = 0, stride: int | None = None, block_positions: str = "after") -> PackedSequence:
-    """A prepared window record (``flashback prepare``) packed for ``pattern`` (append or none)."""
+                echo: int = 0, stride: int | None = None, block_positions: str = "after",
+                copy_min_match: int | None = None) -> PackedSequence:
+    """A prepared window record (``flashback prepare``) packed for ``pattern`` (append or none).
+
+    ``copy_min_match``: also find every target's copy candidate (``training/unlikelihood.py``) in the
+    passages the block holds.
+    """
     if pattern not in PACKABLE:
         raise ValueError(f"the {pattern!r} layout cannot be packed (its prefix attends to the passage)")
     stride = stride or record["stride"]
-    return pack_window(record["tokens"], record["points"], window_blocks(record, pattern, markers, top_k),
-                       stride, echo if pattern == "append" else 0,
-                       block_positions if pattern == "append" else "after")
+    packed = pack_window(record["tokens"], record["points"], window_blocks(record, pattern, markers, top_k),
+                         stride, echo if pattern == "append" else 0,
+                         block_positions if pattern == "append" else "after")
+    if copy_min_match is not None:
+        from .unlikelihood import copy_candidates
+
+        found = [[] for _ in record["points"]] if pattern == "none" else [ps[:top_k] for ps in record["passages"]]
+        packed.copy_candidates = copy_candidates(record["tokens"], record["points"], found, stride, copy_min_match)
+    return packed
 
 
 def unpack_window(window: Sequence[int], points: Sequence[int], passages: Sequence[Sequence[Sequence[int]]],

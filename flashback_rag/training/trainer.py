@@ -4,9 +4,11 @@
 
 The loss is the cross-entropy of the ``tgt`` tokens only, with the marker logits masked (a marker is
 never a target and never predicted). ``--prefix-loss-weight w`` adds ``w`` times the mean loss of the
-packed windows' own tokens (the prefix, read without any passage, as decoding computes its cache). ``--tune lora`` trains LoRA on the attention projections and the
-two marker rows (PEFT ``trainable_token_indices``, at their own ``--marker-lr``); ``--tune full`` trains
-everything. Training is *packed* by default (``training/packing.py``): one item is a document window
+packed windows' own tokens (the prefix, read without any passage, as decoding computes its cache).
+``--copy-unlikelihood w`` adds ``w`` times the copy unlikelihood (``training/unlikelihood.py``): where the
+text stops following a passage it matched, the passage's next token is pushed down. ``--tune lora``
+trains LoRA on the attention projections and the two marker rows (PEFT ``trainable_token_indices``, at
+their own ``--marker-lr``); ``--tune full`` trains everything. Training is *packed* by default (``training/packing.py``): one item is a document window
 with all its retrieval points, read once; layouts that cannot be packed (prepend) get the same window's
 points as separate examples, so every pattern trains on the same targets per step. ``--no-pack`` reads
 the per-point examples instead. Cosine schedule
@@ -36,9 +38,10 @@ from ..models import DEFAULT_MARKER_INIT, MARKER_INITS, relative_positions
 DEFAULT_MARKER_LR = 5e-3
 from ..errors import ConfigError, FlashBackError, MissingDependencyError
 from .data import LayoutDataset, LeftPadCollator, layout_item, read_examples, target_nll
-from .packing import PACKABLE, collate_packed, pack_record, packed_losses, unpack_record
+from .packing import PACKABLE, collate_packed, pack_record, packed_logits, token_nll, unpack_record
 from .prepare import read_prepared_args, read_windows, tokenizer_fingerprint
 from .tuning import TUNES, LoraSettings
+from .unlikelihood import DEFAULT_MIN_MATCH, copy_unlikelihood
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ class TrainConfig:
     block_positions: str = "after"        # append: "before" puts the block at positions -len..-1
     pack: bool = True                     # packed windows (see training/packing.py); False: per-point examples
     prefix_loss_weight: float = 0.0       # packed: + this x the mean loss of the window's own tokens
+    copy_unlikelihood: float = 0.0        # packed append: + this x the copy unlikelihood (training/unlikelihood.py)
+    copy_min_match: int = DEFAULT_MIN_MATCH   # tokens the text must match a passage for a copy candidate
     learning_rate: float = 2e-4
     marker_lr: float | None = DEFAULT_MARKER_LR   # the two marker rows' own learning rate (None: learning_rate)
     marker_init: str = DEFAULT_MARKER_INIT
@@ -111,6 +116,17 @@ class TrainConfig:
             raise ConfigError(f"prefix_loss_weight needs packed training of an append or none layout (the "
                               f"window read once); the {self.pattern} layout{'' if self.pack else ' unpacked'} "
                               "has no such window")
+        weight = self.copy_unlikelihood
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight < 0:
+            raise ConfigError(f"copy_unlikelihood must be a finite number >= 0, got {weight!r}")
+        if weight > 0 and not (self.pack and self.pattern == "append"):
+            raise ConfigError("copy_unlikelihood needs packed training of the append layout (the copy candidates "
+                              f"come from the passages of each retrieval point); got the {self.pattern} layout"
+                              f"{'' if self.pack else ' unpacked'}")
+        if isinstance(self.copy_min_match, bool) or not isinstance(self.copy_min_match, int) \
+                or self.copy_min_match < 1:
+            raise ConfigError(f"copy_min_match must be a positive integer, got {self.copy_min_match!r}")
         if self.pattern == "none":
             self.markers = False      # nothing to mark without passages
         if isinstance(self.data, (list, tuple)) and not self.data:
@@ -175,11 +191,20 @@ def make_trainer_class():
         loss_is_scaled_for_ga = False
 
         def __init__(self, *args, banned_ids: list[int] | None = None, marker_lr: float | None = None,
-                     prefix_loss_weight: float = 0.0, **kwargs):
+                     prefix_loss_weight: float = 0.0, copy_unlikelihood: float = 0.0, **kwargs):
             super().__init__(*args, **kwargs)
             self.banned_ids = banned_ids or []
             self.marker_lr = marker_lr
             self.prefix_loss_weight = prefix_loss_weight
+            self.copy_unlikelihood = copy_unlikelihood
+            self._part_sums: dict[str, float] = {}
+            self._part_count = 0
+
+        def log(self, logs, *args, **kwargs):
+            if self._part_count and "loss" in logs:      # the loss's parts, averaged since the last log
+                logs = {**logs, **{f"loss_{k}": round(v / self._part_count, 4) for k, v in self._part_sums.items()}}
+                self._part_sums, self._part_count = {}, 0
+            return super().log(logs, *args, **kwargs)
 
         def create_optimizer(self, model=None):
             # The marker rows (PEFT's trainable-token parameters) get their own learning rate, no decay.
@@ -197,16 +222,37 @@ def make_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if "packed" in inputs or "predict_at" in inputs:      # packed windows
                 weight = self.prefix_loss_weight if model.training else 0.0   # evaluation: targets only
-                nll, prefix = packed_losses(model, inputs, self.banned_ids, prefix=weight > 0)
-                loss = nll.sum() / (inputs["labels"] != -100).sum().clamp(min=1)
-                if prefix is not None:
-                    loss = loss + weight * prefix.sum() / (inputs["prefix_labels"] != -100).sum().clamp(min=1)
+                unlikely = self.copy_unlikelihood if model.training and "copy_candidates" in inputs else 0.0
+                loss, parts = packed_training_loss(model, inputs, self.banned_ids, weight, unlikely)
+                if model.training and len(parts) > 1:       # logged beside the loss: which part moves
+                    for name, value in parts.items():
+                        self._part_sums[name] = self._part_sums.get(name, 0.0) + float(value.detach())
+                    self._part_count += 1
             else:
                 nll, count = target_nll(model, inputs, self.banned_ids)
                 loss = nll / count.clamp(min=1)
             return (loss, {"loss": loss}) if return_outputs else loss
 
     return FlashBackTrainer
+
+
+def packed_training_loss(model, inputs: dict[str, Any], banned: list[int], prefix_weight: float = 0.0,
+                         unlikelihood_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The packed loss: target cross-entropy (mean over target tokens), plus ``prefix_weight`` x the mean
+    prefix loss, plus ``unlikelihood_weight`` x the copy unlikelihood summed over targets and divided by
+    the same target count (so its weight reads as "per target token"). Returns the loss and its parts."""
+    logits, prefix_logits = packed_logits(model, inputs, banned, prefix=prefix_weight > 0)
+    labels = inputs["labels"]
+    count = (labels != -100).sum().clamp(min=1)
+    parts = {"target": token_nll(logits, labels).sum() / count}
+    if prefix_logits is not None:
+        prefix_labels = inputs["prefix_labels"]
+        parts["prefix"] = token_nll(prefix_logits, prefix_labels).sum() / (prefix_labels != -100).sum().clamp(min=1)
+    if unlikelihood_weight > 0:
+        parts["copy_unlikelihood"] = copy_unlikelihood(logits, labels, inputs["copy_candidates"]).sum() / count
+    loss = parts["target"] + prefix_weight * parts.get("prefix", 0.0) \
+        + unlikelihood_weight * parts.get("copy_unlikelihood", 0.0)
+    return loss, parts
 
 
 def build_model(cfg: TrainConfig):
@@ -280,7 +326,7 @@ def train(cfg: TrainConfig, show_progress: bool = True):
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=WindowCollator(pad) if cfg.pack else LeftPadCollator(pad),
         banned_ids=markers.as_list() if markers else [], marker_lr=cfg.marker_lr if cfg.tune == "lora" else None,
-        prefix_loss_weight=cfg.prefix_loss_weight)
+        prefix_loss_weight=cfg.prefix_loss_weight, copy_unlikelihood=cfg.copy_unlikelihood)
     resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics = dict(result.metrics)
@@ -302,10 +348,10 @@ class WindowDataset(torch.utils.data.Dataset):
     """Prepared windows, one item each: a packed sequence (append, none) or the window's separate examples."""
 
     def __init__(self, records: list[dict[str, Any]], pattern: str, markers=None, top_k: int | None = None,
-                 echo: int = 0, block_positions: str = "after") -> None:
+                 echo: int = 0, block_positions: str = "after", copy_min_match: int | None = None) -> None:
         if pattern in PACKABLE:
-            self.items = [pack_record(r, pattern, markers, top_k, echo, block_positions=block_positions)
-                          for r in records]
+            self.items = [pack_record(r, pattern, markers, top_k, echo, block_positions=block_positions,
+                                      copy_min_match=copy_min_match) for r in records]
         else:
             self.items = [[layout_item(ex, pattern, markers, top_k, echo=echo, block_positions=block_positions)
                            for ex in unpack_record(r)] for r in records]
@@ -334,7 +380,8 @@ def _dataset(cfg: TrainConfig, split_dir: Path, limit: int | None, markers):
     """The training / evaluation set of one split, packed or per point."""
     if cfg.pack:
         return WindowDataset(read_windows(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo,
-                             cfg.layout_block_positions)
+                             cfg.layout_block_positions,
+                             cfg.copy_min_match if cfg.copy_unlikelihood > 0 else None)
     return LayoutDataset(read_examples(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo,
                          cfg.layout_block_positions)
 

@@ -218,6 +218,30 @@ def test_prefix_loss_weight_adds_the_windows_own_loss(prepared, tmp_path):
                     pack=False, prefix_loss_weight=1.0)
 
 
+def test_copy_unlikelihood_adds_its_logged_term(prepared, tmp_path):
+    """--copy-unlikelihood w: the first step's loss is the target loss + w x the logged copy unlikelihood
+    (the same batch), the term is positive on real passages, and the weight is recorded with the adapter;
+    layouts without packed passages refuse it."""
+    data, _, _ = prepared
+    logged = {}
+    for weight in (0.0, 2.0):
+        cfg = TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / f"u{weight}"),
+                          pattern="append", echo_tokens=4, copy_unlikelihood=weight, copy_min_match=1,
+                          learning_rate=1e-9, marker_lr=1e-9, batch_size=4, max_steps=1, logging_steps=1,
+                          report_to="none", max_eval_examples=4)
+        _, _, metrics = train(cfg, show_progress=False)
+        logged[weight] = next(h for h in metrics["log_history"] if "loss" in h)
+        assert read_meta(tmp_path / f"u{weight}")["training"]["copy_unlikelihood"] == weight
+    term = logged[2.0]["loss_copy_unlikelihood"]
+    assert term > 0 and "loss_copy_unlikelihood" not in logged[0.0]
+    assert math.isclose(logged[2.0]["loss"] - logged[0.0]["loss"], 2.0 * term, rel_tol=2e-2, abs_tol=2e-4)
+    with pytest.raises(ConfigError, match="copy_unlikelihood needs packed training of the append layout"):
+        TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / "b"), pattern="prepend",
+                    copy_unlikelihood=1.0)
+    with pytest.raises(ConfigError, match="copy_min_match must be a positive integer"):
+        TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / "b"), copy_min_match=0)
+
+
 def test_unpacked_training_still_works(prepared, tmp_path):
     data, _, _ = prepared
     cfg = TrainConfig(model="tiny-random-llama", data=str(data), out=str(tmp_path / "a"), pattern="append",
