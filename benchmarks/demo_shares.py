@@ -104,7 +104,9 @@ def markdown(report: dict[str, Any]) -> str:
     s, summary = report["settings"], report["summary"]
     lines = [f"# Demo shares over {len(report['prompts'])} prompts", "",
              f"`{report['command']}` (torch threads: {report['threads']}, load average {report['load_average']}). "
-             f"Greedy, {s['max_new_tokens']} new tokens, {s['prompt_tokens']}-token docs page then a question; "
+             + (f"Sampled (temperature {s['sampling']['temperature']}, top_p {s['sampling']['top_p']}, "
+                f"prompt i seeded {s['sampling']['seed']} + i), " if s.get("sampling") else "Greedy, ")
+             + f"{s['max_new_tokens']} new tokens, {s['prompt_tokens']}-token docs page then a question; "
              f"stride {s['stride']}, {s['doc_tokens']}-token passages, top_k {s['top_k']}; "
              f"{s['ngram']}-grams. Intervals: 95% paired bootstrap over prompts.", "",
              "| row | source | copy | repeat | prompts copying (any / >= 25%) | copy - prepend | repeat - prepend |",
@@ -130,15 +132,22 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_row(fb, prompts: list[str], max_new_tokens: int, label: str) -> list[dict[str, Any]]:
+def run_row(fb, prompts: list[str], max_new_tokens: int, label: str,
+            sampling: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One generation per prompt; ``sampling`` (temperature, top_p, seed) makes it sampled, else greedy.
+
+    A sampled row seeds prompt i with ``seed + i``, so every row draws from the same seeds.
+    """
     from tqdm.auto import tqdm
 
     from flashback_rag.demo import describe_generation
 
     fb.generate(prompts[0], max_new_tokens=2 * fb.config.stride, ignore_eos=True)    # warm-up
     out = []
-    for text in tqdm(prompts, desc=label, unit="prompt"):
-        d = describe_generation(fb, fb.generate(text, max_new_tokens=max_new_tokens, ignore_eos=True))
+    for i, text in enumerate(tqdm(prompts, desc=label, unit="prompt")):
+        kwargs = {} if not sampling else {"temperature": sampling["temperature"], "top_p": sampling["top_p"],
+                                          "seed": sampling["seed"] + i}
+        d = describe_generation(fb, fb.generate(text, max_new_tokens=max_new_tokens, ignore_eos=True, **kwargs))
         out.append({k: d[k] for k in ("text", "seconds", "copy_share", "repeat_share", "passages")})
     return out
 
@@ -152,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=len(all_prompts()), help="the first N prompts (8 = the demo's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sample every row at this temperature (default 0: greedy, as the demo does)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling with --temperature")
+    p.add_argument("--seed", type=int, default=0, help="prompt i of a sampled row uses seed + i")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap draws")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--name", default="demo-shares")
@@ -161,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.prompts <= len(prompts_all):
         raise SystemExit(f"error: --prompts must be in [1, {len(prompts_all)}]")
     sources = parse_sources(args.flashback)
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise SystemExit("error: --temperature must be >= 0 and --top-p in (0, 1]")
+    sampling = ({"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+                if args.temperature > 0 else None)
 
     import torch
 
@@ -186,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     retriever = demo_retriever(base)
     texts = [demo_prompt(tokenizer, args.prompt_tokens, topic, question) for topic, question in chosen]
     settings = {**trained.to_dict(), "max_new_tokens": args.max_new_tokens, "prompt_tokens": args.prompt_tokens,
-                "ngram": NGRAM, "base": base}
+                "ngram": NGRAM, "base": base, **({"sampling": sampling} if sampling else {})}
     report: dict[str, Any] = {
         "command": "python benchmarks/demo_shares.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -213,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         base_lm, base_tokenizer = load_model(base)
         for name, config in base_rows.items():
             fb = FlashBack(base_lm, base_tokenizer, None if name == "none" else retriever, config)
-            keep(name, base, run_row(fb, texts, args.max_new_tokens, name))
+            keep(name, base, run_row(fb, texts, args.max_new_tokens, name, sampling))
         del base_lm
     else:
         for name in base_rows:
@@ -224,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             keep(name, source)
             continue
         (lm, tok, config), held = held or load(source), None
-        keep(name, source, run_row(FlashBack(lm, tok, retriever, config), texts, args.max_new_tokens, name))
+        keep(name, source, run_row(FlashBack(lm, tok, retriever, config), texts, args.max_new_tokens, name,
+                                   sampling))
         del lm
         gc.collect()
     print(markdown(report))

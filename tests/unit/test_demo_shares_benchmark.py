@@ -65,3 +65,19 @@ def test_sources_need_a_name_and_a_shipped_model_or_folder(tmp_path):
                 ["a=smollm2-135m-flashback", "a=smollm2-135m-flashback"]):
         with pytest.raises(SystemExit):
             bench.parse_sources(bad)
+
+
+def test_report_says_greedy_or_sampled():
+    bench = load()
+    r = report({"none": [(0, 0.5), (0, 0.7)], "prepend": [(0, 0.4), (0, 0.2)]})
+    r["summary"] = bench.summarize(r, samples=50)
+    assert "Greedy, 8 new tokens" in bench.markdown(r)
+    r["settings"]["sampling"] = {"temperature": 0.7, "top_p": 0.9, "seed": 3}
+    assert "Sampled (temperature 0.7, top_p 0.9, prompt i seeded 3 + i), 8 new tokens" in bench.markdown(r)
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "-0.5"], ["--temperature", "0.7", "--top-p", "0"],
+                                   ["--top-p", "1.5"]])
+def test_bad_sampling_flags_stop_before_any_model_loads(flags, capsys):
+    with pytest.raises(SystemExit, match="--temperature must be >= 0 and --top-p in"):
+        load().main(flags)
