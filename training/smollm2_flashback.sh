@@ -16,7 +16,8 @@
 #   COPY_PERCENT=25 bash training/smollm2_flashback.sh                # another share of "copy" windows
 #   BLOCK_POSITIONS=after bash training/smollm2_flashback.sh          # the paper's positions (vLLM can serve
 #                                                                     # it; an earlier shipped version)
-#   COPY_UL=1 bash training/smollm2_flashback.sh                      # + the copy unlikelihood (less quoting)
+#   COPY_UL=2 bash training/smollm2_flashback.sh                      # + the copy unlikelihood (at 2 and 8
+#                                                                     # the demo quotes as much as before)
 #   PREFIX_LOSS=0 bash training/smollm2_flashback.sh                  # targets-only loss (the paper's; the
 #                                                                     # previous shipped version)
 # Corpus: Debian's python3.11-doc reST sources (fetched with apt-get download), split by a seeded hash of the
