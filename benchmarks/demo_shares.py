@@ -174,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.prompts <= len(prompts_all):
         raise SystemExit(f"error: --prompts must be in [1, {len(prompts_all)}]")
     sources = parse_sources(args.flashback)
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise SystemExit("error: --temperature must be >= 0 and --top-p in (0, 1]")
+    from flashback_rag.cli_checks import check_arguments
+    from flashback_rag.errors import FlashBackError
+
+    try:    # the flashback CLI's own rules and messages for these options (NaN included)
+        check_arguments(argparse.Namespace(temperature=args.temperature, top_p=args.top_p, seed=args.seed))
+    except FlashBackError as err:
+        raise SystemExit(f"error: {err}") from None
     sampling = ({"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
                 if args.temperature > 0 else None)
 
