@@ -4,9 +4,15 @@
     python benchmarks/speed.py --model smollm2-135m --T 512 1024 2048 --init-length 512   # a sweep over T
     python benchmarks/speed.py --random-init llama-7b --device cuda --dtype bfloat16 --T 1024 2048 4096 --init-length 512
     python benchmarks/speed.py --model smollm2-135m --real-text --T 1024 --init-length 512  # real corpus + BM25
+    python benchmarks/speed.py --real --T 1024 2048 --strides 4 8 16 32 64 once   # as users run it: see below
     python benchmarks/speed.py --backend vllm-server --T 1024 --init-length 512   # launches `vllm serve`
     python benchmarks/speed.py --server http://127.0.0.1:8000/v1 --T 1024         # a running server
     .venv-vllm/bin/python benchmarks/speed.py --backend vllm --T 1024             # in-process vLLM engine
+
+``--real`` runs ``benchmarks/real_retrieval.py`` (its own flags): the shipped FlashBack model against prepend
+and no retrieval on real pages with real BM25 retrieval in both regimes of the quality benchmark, over a
+stride sweep, recording how often the passage really changes. Everything else here is the worst case
+for prepend:
 
 The runtime test of the paper: a random prompt of ``--init-length`` tokens, greedy generation until the
 text is ``--T`` tokens long, and a random passage of ``--doc-tokens`` tokens retrieved every ``--stride``
@@ -577,6 +583,9 @@ def merge(paths: list[Path], name: str) -> int:
 
 
 def main(argv=None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--real" in given:        # the real-retrieval comparison has its own flags (benchmarks/real_retrieval.py)
+        return _sibling("real_retrieval").main([a for a in given if a != "--real"])
     args = parse_args(argv)
     if args.merge:
         return merge(args.merge, args.name or "speed-merged")
