@@ -88,6 +88,7 @@ RULES: dict[str, Rule] = {
     "top_p": probability, "sample_top_k": non_negative_int, "seed": seed,
     "retrieval_timeout": positive_number, "repetition_penalty": positive_number,
     "no_repeat_ngram_size": non_negative_int, "prompt_tokens": positive_int, "prompts": positive_int,
+    "pages": positive_int, "new_tokens": positive_int,
     # indexes and retrieval records
     "chunk_tokens": positive_int, "threads": positive_int, "nlist": positive_int, "batch_size": positive_int,
     "k": positive_int, "first_position": positive_int, "max_docs": positive_int,

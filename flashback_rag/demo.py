@@ -1,19 +1,31 @@
-"""``flashback demo``: no retrieval, prepend and FlashBack side by side on SmolLM2 over the Python docs, offline.
+"""``flashback demo``: what re-retrieving every few tokens costs and buys, on pages of the Python docs, offline.
 
-    $ flashback demo              # three texts, their times, and how much each copies and repeats itself
-    $ flashback demo --prompts 2  # the shares over the first 2 prompts only (faster)
-    $ flashback demo --json       # {"none": {...}, "prepend": {...}, "flashback": {...}, "mean": ..., ...}
+    $ flashback demo                              # 3 pages x 4 rows, about 2-3 min on 2 CPU cores
+    $ flashback demo --pages 1 --new-tokens 64    # a quick look
+    $ flashback demo --json
 
 It builds (once, cached) a BM25 index over the standard library's documentation found on this machine
-(``stdlib_corpus``) and generates the same continuation of the same prompt three ways: the base model with
-no retrieval, the base model with prepended passages (In-Context RALM), and the shipped FlashBack model
-(``smollm2-135m-flashback``: passages appended between trained markers at the positions before the text,
-the running text echoed after them, the prefix's KV cache kept). Each is timed by wall clock in the same
-process after a warm-up, and scored with two numbers that make degenerate copying visible
-(``text_stats``): the share of its 8-grams found verbatim in the passages it was given, and the share of
-its 8-grams it had already produced. Greedy decoding of a small model loops or recites on one prompt and
-not on the next, so the demo runs several prompts (a page of the docs, then a question about it:
-:data:`DEMO_PROMPTS`) and reports each row's mean shares beside the first prompt's texts.
+(``stdlib_corpus``: every page, the continued ones included, as a docs assistant's corpus holds its docs),
+cuts each page of :data:`DEMO_PAGES` to ``--prompt-tokens`` tokens and continues it ``--new-tokens``
+tokens four ways:
+
+- ``none``: the base model without retrieval;
+- ``once``: the base model, one retrieval with the prompt's last tokens and the passage before the text,
+  then plain decoding (what LlamaIndex and LangChain query engines do: retrieve, then generate);
+- ``prepend``: the base model re-retrieving every ``stride`` tokens (In-Context RALM: every new passage
+  means recomputing the whole context);
+- ``flashback``: the shipped FlashBack model (``smollm2-135m-flashback``) re-retrieving every ``stride``
+  tokens, the passage appended after the text between its trained markers, an unchanged block kept.
+
+Each row reads each page's real continuation through its own decoding loop (``FlashBack.score``): every
+row reads the same text, so it retrieves the same passages at the same points, and the report gives its
+time, the tokens it prefilled, how many retrievals changed the passage, and the perplexity of the real
+text under its layout. Then each row writes its own greedy continuation of the first page (shown, with
+the share of its 8-grams copied from its passages and repeated within itself, ``text_stats``). The last
+line says what the numbers mean. Timings are wall clock in one process after a warm-up.
+
+The copy and repetition shares over many prompts (the earlier demo's question prompts, :data:`DEMO_PROMPTS`)
+are ``benchmarks/demo_shares.py``'s.
 """
 
 from __future__ import annotations
@@ -41,8 +53,11 @@ DEMO_PROMPTS: list[tuple[str, str]] = [
     ("assert", "\n\nIn short, an assert statement in Python is"),
     ("function", "\n\nIn short, a function definition in Python is"),
 ]
-DEMO_PROMPT_COUNT = len(DEMO_PROMPTS)      # all of them: ~2.5 min on 2 CPU cores
 DEMO_MODEL = "smollm2-135m-flashback"
+# The pages the demo continues (pydoc topics long enough for a 512-token prompt and 256 more tokens),
+# fixed before any model was run on them: statements a docs assistant gets asked about.
+DEMO_PAGES = ("try", "import", "function")
+ROWS = ("none", "once", "prepend", "flashback")
 # The shipped model was trained on 64-token chunks (plus their title line); the demo index matches.
 DEMO_CHUNK_TOKENS = 64
 NGRAM = 8
@@ -106,46 +121,111 @@ def demo_retriever(base: str):
     return load_index(demo_index("smollm2-135m" if base.startswith("smollm2") else base))
 
 
-def run_demo(model: str = DEMO_MODEL, max_new_tokens: int = 128, prompt_tokens: int = 512,
-             device: str | None = None, dtype: str | None = None, prompts: int = DEMO_PROMPT_COUNT,
-             adapter: str | None = None) -> dict[str, Any]:
-    """Generate with no retrieval, prepend (base model) and FlashBack (``model``); texts, times, shares.
+def demo_configs(trained) -> dict[str, Any]:
+    """The four rows' settings: the base model's none / once / prepend beside the FlashBack row's own."""
+    base = baseline_configs(trained)
+    return {"none": base["none"], "once": base["prepend"].replace(retrieve="once"), "prepend": base["prepend"],
+            "flashback": trained}
 
-    ``model`` is a FlashBack model (shipped name, or a folder / adapter-carrying model whose recorded
-    settings are the layout), or a base model with a FlashBack ``adapter`` folder (``flashback train``'s);
-    the other two rows use the base model with the same retrieval settings. The three rows run on the first ``prompts`` of :data:`DEMO_PROMPTS`; the report's ``none`` /
-    ``prepend`` / ``flashback`` are the first prompt's, ``mean`` each row's shares over all of them.
-    """
-    if isinstance(prompts, bool) or not isinstance(prompts, int) or not 1 <= prompts <= len(DEMO_PROMPTS):
-        raise ConfigError(f"prompts must be an integer in [1, {len(DEMO_PROMPTS)}], got {prompts!r}")
+
+def page_tokens(tokenizer, topic: str, count: int) -> list[int]:
+    """The first ``count`` tokens of a pydoc topic page (refused when the page is shorter)."""
+    from .stdlib_corpus import pydoc_topic_documents
+
+    pages = {d.title: d.text for d in pydoc_topic_documents()}
+    if topic not in pages:
+        raise ConfigError(f"this Python has no pydoc topic {topic!r}")
+    ids = tokenizer(pages[topic], add_special_tokens=False).input_ids
+    if len(ids) < count:
+        raise ConfigError(f"the {topic!r} page has {len(ids)} tokens, fewer than --prompt-tokens + --new-tokens "
+                          f"= {count}")
+    return ids[:count]
+
+
+def run_demo(model: str = DEMO_MODEL, pages: int = len(DEMO_PAGES), prompt_tokens: int = 512,
+             new_tokens: int = 256, device: str | None = None, dtype: str | None = None,
+             adapter: str | None = None, stride: int | None = None) -> dict[str, Any]:
+    """The four rows on the first ``pages`` of :data:`DEMO_PAGES`: scored on the real continuation, and the
+    first page generated (see the module docstring). ``model`` is a FlashBack model (shipped name or folder),
+    or a base model with a ``flashback train`` ``adapter``; ``stride`` overrides its re-retrieval stride."""
+    for name, value, low in (("pages", pages, 1), ("prompt_tokens", prompt_tokens, 32), ("new_tokens", new_tokens, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    if pages > len(DEMO_PAGES):
+        raise ConfigError(f"pages must be at most {len(DEMO_PAGES)}, got {pages}")
     from .decoding import FlashBack
     from .models import base_alias, load_model
 
     base = base_alias(model)
     flash_lm, tokenizer, trained = load_flashback_model(model, adapter, device=device, dtype=dtype)
+    if stride is not None:
+        trained = trained.replace(stride=stride)
     separate = base != model or adapter is not None
     base_lm, base_tokenizer = load_model(base, device=device, dtype=dtype) if separate else (flash_lm, tokenizer)
     retriever = demo_retriever(base)
-    chosen = [(topic, demo_prompt(tokenizer, prompt_tokens, topic, question))
-              for topic, question in DEMO_PROMPTS[:prompts]]
-    prompt = chosen[0][1]
-    engines = {name: FlashBack(base_lm, base_tokenizer, None if name == "none" else retriever, config)
-               for name, config in baseline_configs(trained).items()}
-    engines["flashback"] = FlashBack(flash_lm, tokenizer, retriever, trained)
+    texts = [(topic, page_tokens(tokenizer, topic, prompt_tokens + new_tokens)) for topic in DEMO_PAGES[:pages]]
+    engines = {name: FlashBack(flash_lm if name == "flashback" else base_lm,
+                               tokenizer if name == "flashback" else base_tokenizer,
+                               None if name == "none" else retriever, config)
+               for name, config in demo_configs(trained).items()}
+    warm = texts[0][1][:prompt_tokens]
     for fb in engines.values():          # warm-up: first calls pay for allocation and lazy init
-        fb.generate(prompt, max_new_tokens=2 * trained.stride, ignore_eos=True)
-    out: dict[str, Any] = {"model": model, "adapter": str(adapter) if adapter else None, "base_model": base, "prompt_tokens": len(tokenizer(prompt).input_ids),
-                           "settings": {**trained.to_dict(), "max_new_tokens": max_new_tokens, "ngram": NGRAM},
-                           "prompts": []}
-    for topic, text in chosen:
-        rows = {name: describe_generation(fb, fb.generate(text, max_new_tokens=max_new_tokens, ignore_eos=True))
-                for name, fb in engines.items()}
-        out["prompts"].append({"topic": topic, "question": text[text.rindex("\n") + 1:], **rows})
-    out.update({name: out["prompts"][0][name] for name in engines})
-    out["mean"] = {name: {share: round(sum(p[name][share] for p in out["prompts"]) / len(out["prompts"]), 3)
-                          for share in ("copy_share", "repeat_share", "seconds")} for name in engines}
-    out["speedup"] = round(out["mean"]["prepend"]["seconds"] / out["mean"]["flashback"]["seconds"], 3)
+        fb.generate(warm, max_new_tokens=2 * trained.stride, ignore_eos=True)
+    report: dict[str, Any] = {"model": model, "adapter": str(adapter) if adapter else None, "base_model": base,
+                              "settings": {**trained.to_dict(), "prompt_tokens": prompt_tokens,
+                                           "new_tokens": new_tokens, "ngram": NGRAM},
+                              "pages": []}
+    for number, (topic, ids) in enumerate(texts):
+        prompt, continuation = ids[:prompt_tokens], ids[prompt_tokens:]
+        # rows take turns going first, so a slow moment of a shared machine does not always hit the same one
+        order = list(ROWS[number % len(ROWS):] + ROWS[:number % len(ROWS)])
+        scored = {name: describe_score(engines[name].score(prompt, continuation)) for name in order}
+        page = {"topic": topic, "prompt": tokenizer.decode(prompt), "continuation": tokenizer.decode(continuation),
+                "rows": {name: scored[name] for name in ROWS}}
+        if number == 0:
+            page["generated"] = {name: describe_generation(engines[name], engines[name].generate(
+                prompt, max_new_tokens=new_tokens, ignore_eos=True)) for name in order}
+            page["generated"] = {name: page["generated"][name] for name in ROWS}
+        report["pages"].append(page)
+    report["total"] = totals(report["pages"])
+    report["conclusion"] = conclusion(report["total"], trained.stride)
+    return report
+
+
+def describe_score(result) -> dict[str, Any]:
+    """What the report shows of one reading of the real continuation."""
+    s = result.stats
+    return {"seconds": round(s.total_seconds, 3), "tokens": s.generated_tokens, "prefill_tokens": s.prefill_tokens,
+            "retrievals": s.retrievals, "changed": s.blocks_changed, "kept": sum(r.kept for r in result.retrievals),
+            "nll": round(sum(result.token_nll), 4), "ppl": round(result.perplexity, 3)}
+
+
+def totals(pages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every row summed over the pages: seconds, tokens, prefill, retrievals and perplexity."""
+    import math
+
+    out = {}
+    for name in ROWS:
+        rows = [p["rows"][name] for p in pages]
+        tokens = sum(r["tokens"] for r in rows)
+        out[name] = {key: round(sum(r[key] for r in rows), 3)
+                     for key in ("seconds", "tokens", "prefill_tokens", "retrievals", "changed", "kept")}
+        out[name]["ppl"] = round(math.exp(sum(r["nll"] for r in rows) / tokens), 3)
+        out[name]["ms_per_token"] = round(1000 * out[name]["seconds"] / tokens, 2)
     return out
+
+
+def conclusion(total: dict[str, Any], stride: int) -> str:
+    """One line, from the numbers: what re-retrieving cost and bought, FlashBack against the others."""
+    fb, prepend, once, none = (total[k] for k in ("flashback", "prepend", "once", "none"))
+    speed = prepend["seconds"] / fb["seconds"]
+    cost = fb["seconds"] / none["seconds"]
+    quality = ("reads the real text better than retrieve-once" if fb["ppl"] < once["ppl"] else
+               "does not read the real text better than retrieve-once here")
+    return (f"Re-retrieving every {stride} tokens, FlashBack ran at {cost:.2f}x the time of no retrieval and "
+            f"{speed:.2f}x prepend's speed ({fb['prefill_tokens']:.0f} vs {prepend['prefill_tokens']:.0f} tokens "
+            f"prefilled), and {quality} (perplexity {fb['ppl']:.2f} vs {once['ppl']:.2f}; prepend every {stride} "
+            f"{prepend['ppl']:.2f}, no retrieval {none['ppl']:.2f}).")
 
 
 def describe_generation(fb, result) -> dict[str, Any]:
@@ -167,44 +247,43 @@ def describe_generation(fb, result) -> dict[str, Any]:
     }
 
 
-ROW_TITLES = {"none": "no retrieval (base model)", "prepend": "prepend (base model, In-Context RALM)",
-              "flashback": "FlashBack ({model})"}
+ROW_TITLES = {"none": "no retrieval (base model)", "once": "retrieve once (base model, passage before the text)",
+              "prepend": "prepend every {stride} (base model, In-Context RALM)",
+              "flashback": "FlashBack every {stride} ({model})"}
 
 
 def _print_report(report: dict[str, Any]) -> None:
     s = report["settings"]
-    print(f"FlashBack demo: {report['model']} (base {report['base_model']}), prompt {report['prompt_tokens']} "
-          f"tokens, {s['max_new_tokens']} new tokens, re-retrieval every {s['stride']} tokens, "
-          f"{s['doc_tokens']}-token passages, echo {s['echo_tokens']}, block positions {s['block_positions']}\n")
     flash_name = report["model"] + (f" + {report['adapter']}" if report.get("adapter") else "")
-    for name in ("none", "prepend", "flashback"):
-        r = report[name]
-        print(f"=== {ROW_TITLES[name].format(model=flash_name)}: {r['tokens']} tokens in {r['seconds']:.2f}s "
-              f"({r['prefill_tokens']} tokens prefilled); {s['ngram']}-grams copied from its passages "
-              f"{r['copy_share']:.0%}, repeated within it {r['repeat_share']:.0%}")
-        print(r["text"].strip())
+    titles = {name: title.format(stride=s["stride"], model=flash_name) for name, title in ROW_TITLES.items()}
+    print(f"FlashBack demo: {len(report['pages'])} page(s) of the Python docs, each cut to {s['prompt_tokens']} tokens "
+          f"and continued {s['new_tokens']} tokens; BM25 over the docs (the pages included), "
+          f"{s['doc_tokens']}-token passages, FlashBack: echo {s['echo_tokens']}, block positions "
+          f"{s['block_positions']}, unchanged blocks kept\n")
+    print("Reading each page's real continuation (every row reads the same text, so it retrieves the same passages):")
+    print(f"  {'row':<58}{'time':>8}{'ms/token':>10}{'prefilled':>11}{'changed':>10}{'ppl':>8}")
+    for name in ROWS:
+        t = report["total"][name]
+        changed = f"{t['changed']:.0f}/{t['retrievals']:.0f}" if t["retrievals"] else "-"
+        print(f"  {titles[name]:<58}{t['seconds']:>7.1f}s{t['ms_per_token']:>10.1f}{t['prefill_tokens']:>11.0f}"
+              f"{changed:>10}{t['ppl']:>8.2f}")
+    print("  per page (ppl): " + "; ".join(f"{p['topic']}: " + " / ".join(f"{p['rows'][n]['ppl']:.2f}" for n in ROWS)
+                                           for p in report["pages"]) + "  (none / once / prepend / FlashBack)")
+    first = report["pages"][0]
+    print(f"\nEach row's own greedy continuation of the '{first['topic']}' page "
+          f"(8-grams copied from its passages / repeated within it):")
+    for name in ROWS:
+        g = first["generated"][name]
+        print(f"=== {titles[name]}: {g['seconds']:.2f}s, copied {g['copy_share']:.0%}, repeated {g['repeat_share']:.0%}")
+        print(g["text"].strip())
         print()
-    print("passages FlashBack read:")
-    for rec in report["flashback"]["passages"]:
-        titles = ", ".join(f"{p['title']} [{p['id']}]" for p in rec["passages"]) or "(none)"
-        print(f"  step {rec['step']:>4}: {titles}")
-    prompts = report["prompts"]
-    print(f"\n{s['ngram']}-grams copied from the passages / repeated within the output, per prompt (greedy):")
-    names = ("none", "prepend", "flashback")
-    print(f"  {'prompt':<10}" + "".join(f"{n:>17}" for n in names))
-    for p in prompts:
-        print(f"  {p['topic']:<10}" + "".join(f"{p[n]['copy_share']:>10.0%} /{p[n]['repeat_share']:>5.0%}"
-                                             for n in names))
-    mean = report["mean"]
-    print(f"  {'mean':<10}" + "".join(f"{mean[n]['copy_share']:>10.0%} /{mean[n]['repeat_share']:>5.0%}"
-                                      for n in names))
-    print(f"\nspeed-up of FlashBack over prepend: {report['speedup']:.2f}x (wall clock, mean over {len(prompts)} "
-          f"prompt{'s' if len(prompts) > 1 else ''}, same run, after warm-up)")
+    print(report["conclusion"])
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    report = run_demo(model=args.model, max_new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens,
-                      device=args.device, dtype=args.dtype, prompts=args.prompts, adapter=args.adapter)
+    report = run_demo(model=args.model, pages=args.pages, prompt_tokens=args.prompt_tokens,
+                      new_tokens=args.new_tokens, device=args.device, dtype=args.dtype, adapter=args.adapter,
+                      stride=args.stride)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -213,17 +292,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    demo = subparsers.add_parser("demo", help="no retrieval, prepend and FlashBack on SmolLM2 over the Python "
-                                              "docs (offline)")
+    demo = subparsers.add_parser("demo", help="no retrieval, retrieve once, prepend and FlashBack on pages of the "
+                                              "Python docs (offline)")
     demo.add_argument("--model", default=DEMO_MODEL, help="FlashBack model (default: %(default)s); the other "
                       "rows use its base model with its retrieval settings")
     demo.add_argument("--adapter", default=None, help="a FlashBack adapter folder (flashback train --out) for "
                       "--model, which is then its base model: the FlashBack row uses the adapter")
-    demo.add_argument("--max-new-tokens", type=int, default=128)
-    demo.add_argument("--prompt-tokens", type=int, default=512, help="length of the docs passage in the prompt")
-    demo.add_argument("--prompts", type=int, default=DEMO_PROMPT_COUNT,
-                      help=f"how many prompts the shares are averaged over (1-{len(DEMO_PROMPTS)}; default "
-                           "%(default)s, all); the first one's texts are shown")
+    demo.add_argument("--pages", type=int, default=len(DEMO_PAGES),
+                      help=f"how many of the pages ({', '.join(DEMO_PAGES)}) to continue (default: all)")
+    demo.add_argument("--prompt-tokens", type=int, default=512, help="tokens of each page in the prompt")
+    demo.add_argument("--new-tokens", type=int, default=256, help="tokens read and generated after the prompt")
+    demo.add_argument("--stride", type=int, default=None, help="re-retrieval stride (default: the model's)")
     demo.add_argument("--device", default=None)
     demo.add_argument("--dtype", default=None)
     demo.add_argument("--json", action="store_true", help="print the report as JSON")

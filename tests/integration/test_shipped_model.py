@@ -77,12 +77,15 @@ def test_an_adapter_on_top_is_refused():
 def test_demo_with_an_adapter_folder_equals_the_shipped_name(capsys):
     """`demo --model BASE --adapter DIR` runs the FlashBack row with that adapter (merged, as the shipped
     model loads): the shipped folder given as an adapter writes the shipped model's own text."""
-    common = ["demo", "--json", "--prompts", "1", "--max-new-tokens", "16", "--prompt-tokens", "64"]
+    common = ["demo", "--json", "--pages", "1", "--new-tokens", "16", "--prompt-tokens", "64"]
     assert main(common + ["--model", "smollm2-135m", "--adapter", str(shipped_adapter(NAME))]) == 0
     with_adapter = json.loads(capsys.readouterr().out)
     assert main(common) == 0
     shipped = json.loads(capsys.readouterr().out)
     assert with_adapter["adapter"] == str(shipped_adapter(NAME)) and with_adapter["base_model"] == "smollm2-135m"
-    assert with_adapter["flashback"]["text"] == shipped["flashback"]["text"]
-    assert with_adapter["prepend"]["text"] == shipped["prepend"]["text"]
-    assert with_adapter["flashback"]["block_positions"] == "before"
+    generated = [r["pages"][0]["generated"] for r in (with_adapter, shipped)]
+    assert generated[0]["flashback"]["text"] == generated[1]["flashback"]["text"]
+    assert generated[0]["prepend"]["text"] == generated[1]["prepend"]["text"]
+    assert generated[0]["flashback"]["block_positions"] == "before"
+    assert with_adapter["pages"][0]["rows"]["flashback"]["ppl"] == pytest.approx(
+        shipped["pages"][0]["rows"]["flashback"]["ppl"], rel=1e-3)
