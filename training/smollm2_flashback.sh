@@ -20,6 +20,11 @@
 #                                                                     # the demo quotes as much as before)
 #   PREFIX_LOSS=0 bash training/smollm2_flashback.sh                  # targets-only loss (the paper's; the
 #                                                                     # previous shipped version)
+#   LONG_PERCENT=50 bash training/smollm2_flashback.sh                # half the retrieval points in long
+#                                                                     # windows (LONG_POSITIONS=1024 positions,
+#                                                                     # a point every LONG_EVERY=4 strides)
+#   KEEP_UNCHANGED=1 bash training/smollm2_flashback.sh               # points that find the passage in place
+#                                                                     # share its block (decoding's default)
 # Corpus: Debian's python3.11-doc reST sources (fetched with apt-get download), split by a seeded hash of the
 # title into index / train / validation documents (flashback_rag/python_doc_corpus.py). Half the training
 # windows retrieve from the index documents only ("related"), half from an index that also holds the
@@ -38,6 +43,10 @@ BLOCK_POSITIONS=${BLOCK_POSITIONS:-before}
 COPY_PERCENT=${COPY_PERCENT:-50}
 PREFIX_LOSS=${PREFIX_LOSS:-1}
 COPY_UL=${COPY_UL:-0}
+LONG_PERCENT=${LONG_PERCENT:-0}
+LONG_POSITIONS=${LONG_POSITIONS:-1024}
+LONG_EVERY=${LONG_EVERY:-4}
+KEEP_UNCHANGED=${KEEP_UNCHANGED:-0}
 STAGES=${STAGES:-corpus index prepare train}
 for stage in $STAGES; do
     case $stage in corpus|index|prepare|train) ;; *) echo "unknown stage '$stage' in STAGES (corpus index prepare train)" >&2; exit 2;; esac
@@ -72,25 +81,36 @@ if stage index; then
         --tokenizer $MODEL --quiet
 fi
 # 3. packed windows: 256 positions, retrieval every 16 tokens from 64 tokens into a window, passages of up
-#    to 80 tokens (the chunk and its title line), room for the 16-token echo
+#    to 80 tokens (the chunk and its title line), room for the 16-token echo; with LONG_PERCENT, that share
+#    of the points in windows of LONG_POSITIONS positions (one point every LONG_EVERY strides), so the model
+#    also reads passages after long prefixes, as it does when it continues a real page
 PREP="--model $MODEL --input $WORK/corpus/train.jsonl --validation-fraction 0 --stride 16 --query-tokens 32
-      --doc-tokens 80 --max-positions 256 --echo-tokens $ECHO --min-prefix 64 --seed 42 --quiet"
-COPY_POINTS=$((POINTS * COPY_PERCENT / 100))
+      --doc-tokens 80 --echo-tokens $ECHO --min-prefix 64 --seed 42 --quiet"
+LONG_POINTS=$((POINTS * LONG_PERCENT / 100))
 DATA=()
-if (( COPY_POINTS < POINTS )); then
-    stage prepare && $FLASHBACK prepare $PREP --index "$WORK/index-related" --out "$WORK/data-related" \
-        --max-examples $((POINTS - COPY_POINTS))
-    DATA+=("$WORK/data-related")
-fi
-if (( COPY_POINTS > 0 )); then
-    stage prepare && $FLASHBACK prepare $PREP --index "$WORK/index-copy" --out "$WORK/data-copy" --max-examples $COPY_POINTS
-    DATA+=("$WORK/data-copy")
+prepare_points() {   # $1 suffix, $2 points, $3 extra flags
+    local total=$2 copy=$(($2 * COPY_PERCENT / 100))
+    if (( copy < total )); then
+        stage prepare && $FLASHBACK prepare $PREP $3 --index "$WORK/index-related" --out "$WORK/data-related$1" \
+            --max-examples $((total - copy))
+        DATA+=("$WORK/data-related$1")
+    fi
+    if (( copy > 0 )); then
+        stage prepare && $FLASHBACK prepare $PREP $3 --index "$WORK/index-copy" --out "$WORK/data-copy$1" \
+            --max-examples $copy
+        DATA+=("$WORK/data-copy$1")
+    fi
+}
+if (( LONG_POINTS < POINTS )); then prepare_points "" $((POINTS - LONG_POINTS)) "--max-positions 256"; fi
+if (( LONG_POINTS > 0 )); then
+    prepare_points "-long" $LONG_POINTS "--max-positions $LONG_POSITIONS --every $LONG_EVERY"
 fi
 # 4. LoRA + markers on the append + echo layout, both regimes mixed, BATCH packed windows a step; the prefix
 #    loss also scores each window's own tokens (read without passages, as decoding computes the prefix)
 stage train || exit 0
 $FLASHBACK train --model $MODEL --data "${DATA[@]}" --out "$OUT" \
     --pattern append --markers --echo-tokens $ECHO --block-positions $BLOCK_POSITIONS \
+    $( (( KEEP_UNCHANGED )) && echo --keep-unchanged || echo --no-keep-unchanged ) \
     --prefix-loss-weight $PREFIX_LOSS --copy-unlikelihood $COPY_UL --learning-rate 1e-3 --max-steps $STEPS --batch-size $BATCH \
     --warmup-ratio 0.1 --logging-steps $(( STEPS >= 10 ? STEPS / 10 : 1 )) --seed 42 --report-to none --quiet
 echo "adapter written to $OUT"
