@@ -115,6 +115,36 @@ def test_append_reuses_the_prefix_in_whole_blocks_and_prepend_does_not(served):
     assert result.stats.cached_fraction == 0.0
 
 
+class SameRetriever:
+    """One passage no request has carried before, the same at every call of this instance."""
+
+    def __init__(self) -> None:
+        self.passage = Passage(id=uuid.uuid4().hex[:8], text=f"Passage {uuid.uuid4().hex[:8]}: {TEXTS[3]}")
+
+    def retrieve(self, query: str, k: int) -> list[Passage]:
+        return [self.passage]
+
+
+def test_a_kept_block_is_served_from_the_prefix_cache(served):
+    """keep_unchanged (the default): a point that finds the passage in place keeps the block, so its request
+    extends the previous one (that prompt, then the stride it generated) and vLLM serves at least all of the
+    previous prompt's whole blocks from its prefix cache. Re-inserting the block (keep_unchanged=False) moves
+    it after the new stride: only the text before the previous point is reused."""
+    kept = FlashBack(None, served.tokenizer, SameRetriever(), served.config, backend=served.backend)
+    result = kept.generate(unique(PROMPTS[0]) * 3, 64, ignore_eos=True)
+    sent, cached = result.stats.request_prompt_tokens, result.stats.request_cached_tokens
+    assert [r.kept for r in result.retrievals] == [False, True, True, True]
+    assert [sent[k] - sent[k - 1] for k in (1, 2, 3)] == [16, 16, 16]          # each extends the last
+    assert all(cached[k] >= sent[k - 1] // BLOCK * BLOCK for k in (1, 2, 3)), (sent, cached)
+
+    moved = FlashBack(None, served.tokenizer, SameRetriever(), served.config.replace(keep_unchanged=False),
+                      backend=served.backend)
+    result = moved.generate(unique(PROMPTS[0]) * 3, 64, ignore_eos=True)
+    points = [r.position for r in result.retrievals]
+    assert not any(r.kept for r in result.retrievals)
+    assert result.stats.request_cached_tokens == [0] + [p // BLOCK * BLOCK for p in points[:-1]]
+
+
 def test_a_passage_change_at_a_retrieval_point(reference, served):
     prompt = PROMPTS[0] * 2
     got = served.generate(prompt, 48, ignore_eos=True)
