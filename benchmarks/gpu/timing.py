@@ -42,7 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--dtype", default=None, help="default bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--batch", type=int, default=None, help="sequences at once in the batch replay (default 8; --tiny: 2)")
-    parser.add_argument("--batch-T", type=int, default=None, help="T of the batch replay (default 2048; --tiny: 96)")
+    parser.add_argument("--batch-T", type=int, default=None, help="T of the batch replay (default 1024; --tiny: 96)")
 
 
 def fill_defaults(opts, device: torch.device) -> None:
@@ -52,7 +52,7 @@ def fill_defaults(opts, device: torch.device) -> None:
     opts.T = opts.T or ([128, 96] if tiny else [4096, 2048, 1024])
     opts.doc_tokens = opts.doc_tokens or (16 if tiny else 128)
     opts.batch = opts.batch or (2 if tiny else 8)
-    opts.batch_T = opts.batch_T or (96 if tiny else 2048)
+    opts.batch_T = opts.batch_T or (96 if tiny else 1024)
     opts.dtype = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
 
 
