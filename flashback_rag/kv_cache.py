@@ -78,7 +78,8 @@ class _ForwardTimer:
     On the CPU a forward is done when it returns: wall clock around it. On CUDA the forward only queues
     kernels; a CUDA event before and after it times it on the GPU's own clock, and a pair is read once
     the GPU has passed it (checked without waiting at the next forward, since reading the token already
-    waited), the rest at :meth:`flush` when the session ends.
+    waited), the rest at :meth:`flush` when the session ends. The events are on the stream of the model's
+    first device: a model split over GPUs (device_map) is timed as that GPU sees it.
     """
 
     def __init__(self, device: torch.device, stats) -> None:

@@ -107,8 +107,7 @@ def markdown(s: dict[str, Any]) -> str:
         lines.append(f"| {name} | {st['status']} | {_f(st['seconds'], 0)} | {notes} |")
     lines += ["", "## Targets (recorded, not timed tests)", "", "| target | measured | met |", "|---|---|---|"]
     for t in s["targets"]:
-        value = t["measured"]
-        lines.append(f"| {t['target']} | {_f(value) if isinstance(value, float) else _f(value)} | {_f(t['met'])} |")
+        lines.append(f"| {t['target']} | {_f(t['measured'])} | {_f(t['met'])} |")
     if s["speed"]:
         model = s.get("speed_model") or {}
         lines += ["", f"## Speed: one sequence through the engine ({model.get('shape')}, {model.get('dtype')}, "
