@@ -24,7 +24,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .config import PATTERNS, FlashBackConfig
+from .config import PATTERNS, RETRIEVE, FlashBackConfig
 from .errors import FlashBackError, os_error_message
 from .io_utils import read_stdin
 
@@ -54,6 +54,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
     g.add_argument("--markers", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap passages in <MARK_L>/<MARK_R> (default: on)")
     g.add_argument("--stride", type=int, default=None, help="re-retrieve every N generated tokens (default 16)")
+    g.add_argument("--retrieve", default=None, choices=RETRIEVE,
+                   help="periodic: every --stride tokens (default); once: at the prompt only, its passages "
+                        "kept for the whole generation (the usual retrieve-then-generate RAG)")
+    g.add_argument("--keep-unchanged", action=argparse.BooleanOptionalAction, default=None,
+                   help="append: a retrieval point that finds the passages already in place keeps their block "
+                        "(no crop, no re-feed; default); --no-keep-unchanged re-inserts it, as the paper does")
     g.add_argument("--query-tokens", type=int, default=None, help="query = last N tokens (default 32)")
     g.add_argument("--doc-tokens", type=int, default=None, help="truncate each passage to N tokens (default 128)")
     g.add_argument("--top-k", type=int, default=None, help="passages per retrieval (default 1)")
@@ -75,7 +81,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
 
 
 ENGINE_FIELDS = ("pattern", "markers", "stride", "query_tokens", "doc_tokens", "top_k", "echo_tokens",
-                 "block_positions", "max_context", "retrieval_timeout")
+                 "block_positions", "max_context", "retrieval_timeout", "retrieve", "keep_unchanged")
 
 
 def config_from_args(args: argparse.Namespace, base: FlashBackConfig | None = None) -> FlashBackConfig:
@@ -129,7 +135,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     else:
         s = result.stats
         print(f"[{s.generated_tokens} tokens in {s.total_seconds:.2f}s, {s.tokens_per_second:.1f} tok/s; "
-              f"{s.retrievals} retrievals, {len(result.slides)} window slides; finish: {result.finish_reason}]",
+              f"{s.retrievals} retrievals ({s.blocks_changed} changed the passages), {len(result.slides)} window "
+              f"slides; finish: {result.finish_reason}]",
               file=sys.stderr)
     return 0
 

@@ -26,6 +26,7 @@ from .errors import ConfigError
 
 PATTERNS = ("append", "prepend", "none")
 BLOCK_POSITIONS = ("after", "before")
+RETRIEVE = ("periodic", "once")
 MARK_L = "<MARK_L>"
 MARK_R = "<MARK_R>"
 
@@ -38,6 +39,16 @@ class FlashBackConfig:
                    RALM baseline: passages before the prefix, recomputed at each retrieval) or "none".
     markers:       wrap the passage block in ``<MARK_L>`` ... ``<MARK_R>`` (trainable marker tokens).
     stride:        re-retrieve every ``stride`` generated tokens.
+    retrieve:      "periodic" (every ``stride`` tokens, the paper's schedule) or "once": one retrieval with
+                   the prompt's last ``query_tokens`` tokens (the question), its block kept for the whole
+                   generation: the standard retrieve-then-generate RAG baseline (``pattern="prepend",
+                   retrieve="once"``), and append's counterpart of it. ``stride`` stays the engine's
+                   segment length.
+    keep_unchanged: at a retrieval point whose block (the passages' tokens) equals the block in place,
+                   keep that block where it is and go on decoding: no crop, no re-feed; the text after
+                   the block simply grows past one stride (``patterns.block_owners`` defines it for
+                   decoding, training and evaluation alike). False re-inserts the block at every point,
+                   as the paper does. Prepend keeps its cache on an unchanged passage either way.
     query_tokens:  the query is the last ``query_tokens`` tokens of the running text.
     doc_tokens:    each passage is truncated to this many tokens.
     top_k:         passages per retrieval, concatenated in rank order inside one marker pair.
@@ -74,6 +85,8 @@ class FlashBackConfig:
     mark_left: str = MARK_L
     mark_right: str = MARK_R
     retrieval_timeout: float | None = None
+    retrieve: str = "periodic"
+    keep_unchanged: bool = True
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
@@ -82,6 +95,8 @@ class FlashBackConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.retrieve not in RETRIEVE:
+            raise ConfigError(f"unknown retrieve {self.retrieve!r}; choose one of {', '.join(RETRIEVE)}")
         if self.block_positions not in BLOCK_POSITIONS:
             raise ConfigError(f"unknown block_positions {self.block_positions!r}; choose one of "
                               f"{', '.join(BLOCK_POSITIONS)}")
@@ -93,7 +108,7 @@ class FlashBackConfig:
             raise ConfigError(f"max_context must be an integer > 1, got {self.max_context!r}")
         # Configs come from JSON files users can edit (adapters' flashback.json): a wrong type must be
         # one ConfigError here, not a TypeError deep in the engine.
-        for name in ("markers", "strict"):
+        for name in ("markers", "strict", "keep_unchanged"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("passage_template", "mark_left", "mark_right"):
@@ -112,6 +127,11 @@ class FlashBackConfig:
     def retrieves(self) -> bool:
         """Whether this pattern retrieves at all."""
         return self.pattern != "none"
+
+    @property
+    def periodic(self) -> bool:
+        """Whether this config retrieves again every ``stride`` tokens (not only once, at the prompt)."""
+        return self.retrieves and self.retrieve == "periodic"
 
     @property
     def max_block_tokens(self) -> int:
@@ -179,4 +199,4 @@ def config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(FlashBackConfig)]
 
 
-__all__ = ["FlashBackConfig", "PATTERNS", "BLOCK_POSITIONS", "MARK_L", "MARK_R", "config_fields", "field"]
+__all__ = ["FlashBackConfig", "PATTERNS", "BLOCK_POSITIONS", "RETRIEVE", "MARK_L", "MARK_R", "config_fields", "field"]

@@ -12,8 +12,9 @@
     True
 
 The loop, for every generated token (read :meth:`FlashBack._decode` top to bottom):
-1. at a retrieval point (every ``stride`` tokens) retrieve with the last ``query_tokens`` tokens and
-   build the passage block;
+1. at a retrieval point (every ``stride`` tokens, or only at the prompt with ``retrieve="once"``)
+   retrieve with the last ``query_tokens`` tokens and build the passage block; a block equal to the
+   one in place is kept where it is (``keep_unchanged``), so the cache simply grows;
 2. if the context up to the next retrieval point would not fit the window, slide it (drop the oldest
    prefix tokens);
 3. ask the logit source for the next-token logits of the *logical context* (``patterns.py``): a cached
@@ -41,7 +42,7 @@ from .config import FlashBackConfig
 from .backends import Backend, SamplingSettings, TransformersBackend
 from .errors import BackendError, ConfigError, RetrievalError
 from .models import add_marker_tokens, marker_ids
-from .patterns import build_block, encode_passage, logical_context, logical_positions
+from .patterns import build_block, encode_passage, keeps_block, logical_context, logical_positions
 from .results import GenerationResult, RetrievalRecord, SlideRecord
 from .retrievers.base import Passage, Retriever
 from .sampling import RepetitionControls, Sampler, TextAssembler
@@ -237,6 +238,41 @@ class FlashBack:
             except StopIteration as done:
                 return done.value
 
+    def score(self, prompt: str | Sequence[int], continuation: str | Sequence[int], *,
+              use_cache: bool = True) -> GenerationResult:
+        """Read a given ``continuation`` of ``prompt`` through the loop: retrieval points, blocks kept or
+        placed, window slides and cache exactly as generation would have them had the model produced this
+        text, and each token's loss under that layout in ``result.token_nll`` (``result.perplexity``).
+
+        It is the decoding loop's own perplexity of a reference text (the layout is ``patterns``'s, so it
+        equals the evaluation code's on the same points), and a fair timing: every pattern reads the
+        same text and so retrieves the same passages. Markers are never predicted (their logits are
+        masked, as in training). The transformers backend only.
+        """
+        forced = self._continuation_ids(continuation)
+        events = self._decode(prompt, len(forced), 0.0, 1.0, 0, None, None, True, use_cache, want_text=False,
+                              forced=forced)
+        while True:
+            try:
+                next(events)
+            except StopIteration as done:
+                return done.value
+
+    def _continuation_ids(self, continuation: str | Sequence[int]) -> list[int]:
+        if isinstance(continuation, str):
+            if not continuation:
+                raise ConfigError("the continuation to score is empty")
+            with _ENCODE_LOCK:
+                return self._without_markers(continuation, self.tokenizer(continuation, add_special_tokens=False).input_ids)
+        ids = [int(t) for t in continuation]
+        if not ids:
+            raise ConfigError("the continuation to score is empty")
+        wrong = sorted({t for t in ids if not 0 <= t < self._vocab_size} | (set(ids) & set(self._banned_ids)))
+        if wrong:
+            raise ConfigError(f"the continuation holds token id(s) {wrong[:5]} that are markers or outside the "
+                              f"tokenizer's {self._vocab_size} ids")
+        return ids
+
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                stop: Sequence[str] | str | None = None, ignore_eos: bool = False,
@@ -343,8 +379,8 @@ class FlashBack:
 
     # ------------------------------------------------------------------------ the loop
     def _decode(self, prompt, max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos,
-                use_cache, want_text, output_scores=False, controls: RepetitionControls | None = None
-                ) -> Iterator[str]:
+                use_cache, want_text, output_scores=False, controls: RepetitionControls | None = None,
+                forced: Sequence[int] = ()) -> Iterator[str]:
         cfg = self.config
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
@@ -361,7 +397,8 @@ class FlashBack:
         sampling = SamplingSettings(
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, eos_id=eos,
             banned_ids=tuple(self._banned_ids), vocab_size=self._vocab_size,
-            repetition_penalty=controls.penalty, no_repeat_ngram_size=controls.n, output_scores=output_scores)
+            repetition_penalty=controls.penalty, no_repeat_ngram_size=controls.n, output_scores=output_scores,
+            forced_ids=tuple(forced))
         # The longest logical context this call can reach: a cache can allocate that much once.
         longest = len(tokens) + max_new_tokens + cfg.max_block_tokens
         session = self.backend.session(result, sampling, use_cache=use_cache,
@@ -376,19 +413,33 @@ class FlashBack:
             # retrieval, as far as the window allows.
             while step < max_new_tokens and not done:
                 n, left = len(tokens), max_new_tokens - step
-                # 1. retrieval point: query = last query_tokens tokens -> passage block
-                if cfg.retrieves:
-                    point, block = n, self._retrieve(tokens, anchor, step, result)
-                ahead = min(cfg.stride, left) if cfg.retrieves else left
+                # 1. retrieval point (every `stride` tokens; with retrieve="once" only the first): query =
+                #    last query_tokens tokens -> passage block. A block equal to the one in place is kept
+                #    where it is (append): the point it belongs to stays, nothing is cropped or re-fed.
+                fresh = cfg.periodic or (cfg.retrieves and step == 0)
+                if fresh:
+                    found = self._retrieve(tokens, anchor, step, result)
+                    record = result.retrievals[-1]
+                    record.changed = found != block
+                    stats.blocks_changed += record.changed
+                    if keeps_block(found, block, cfg.keep_unchanged and cfg.pattern == "append"):
+                        record.kept = True
+                    else:
+                        point, block = n, found
+                ahead = min(cfg.stride, left) if cfg.periodic else left
                 # 2. slide the window if the context until the segment's last token would not fit
                 if self.max_context is not None:
                     added = len(block) + (cfg.layout_echo if block else 0)    # the echo goes with the block
-                    start = self._slide_start(n, ahead if cfg.retrieves else 1, anchor, added, window)
+                    start = self._slide_start(n, ahead if cfg.periodic else 1, anchor, added, window)
                     if start != window:
                         result.slides.append(SlideRecord(step, start, start - window))
                         window = start
-                    if not cfg.retrieves:      # no block: run until the window is full, then slide
-                        ahead = min(left, self.max_context - anchor - n + max(anchor, window) + 1)
+                        # the whole context is recomputed anyway: the block (kept or not) starts again here
+                        point = n
+                        if fresh:
+                            record.kept = False
+                    if not cfg.periodic:       # no re-retrieval: run until the window is full, then slide
+                        ahead = min(left, self.max_context - anchor - added - n + max(anchor, window) + 1)
                 # 3. the backend continues the logical context; the loop keeps the running text
                 context = logical_context(cfg.pattern, tokens, point, block, anchor, window, cfg.echo_tokens)
                 positions = logical_positions(cfg.pattern, tokens, point, block, anchor, window, cfg.echo_tokens,

@@ -19,6 +19,17 @@ the layout trained on is the layout decoded with.
     >>> logical_positions("append", tokens, point=3, block=block, echo=2, block_positions="before")
     [0, 1, 2, -4, -3, -2, -1, 1, 2, 3, 4]
 
+Keeping an unchanged block: when a retrieval point returns the block already in place, the block stays
+where it was inserted, so the point it belongs to (``point`` above) is the earlier one and the text after
+it grows past one stride. :func:`block_owners` says, for a run of retrieval points, which point each
+one's block belongs to; decoding, training and evaluation all place blocks by it.
+
+    >>> blocks = [block, block, build_block([[9]], MarkerIds(100, 101))]
+    >>> block_owners(blocks)                   # points 0 and 1 share one block; point 2 brings another
+    [0, 0, 2]
+    >>> logical_context("append", tokens + [6, 7], point=3, block=block)   # at the second point (5): kept
+    [1, 2, 3, 100, 7, 8, 101, 4, 5, 6, 7]
+
 Append at retrieval point i: ``x[:i] + [MARK_L] + passages + [MARK_R] + x[i:]``: no prefix token ever
 attends to a passage, which is what keeps its cached keys and values exact across re-retrievals.
 Append with echo ``k``: ``x[:i] + [MARK_L] + passages + [MARK_R] + x[i-k:i] + x[i:]``; the echoed
@@ -51,6 +62,35 @@ def build_block(passages: Sequence[Sequence[int]], markers=None) -> list[int]:
     return [markers.left, *body, markers.right]
 
 
+def keeps_block(new: Sequence[int], current: Sequence[int], keep_unchanged: bool = True) -> bool:
+    """Whether a retrieval point that found block ``new`` keeps ``current``, the block in place.
+
+    Only a real block equal token for token is kept: the model would read exactly the same passage,
+    so nothing needs to be re-fed. No block is never "kept" (there is nothing in place to keep).
+    """
+    return keep_unchanged and bool(new) and list(new) == list(current)
+
+
+def block_owners(blocks: Sequence[Sequence[int]], keep_unchanged: bool = True) -> list[int]:
+    """For consecutive retrieval points with these blocks, the index of the point that placed each one's block.
+
+    A point keeps the block in place (:func:`keeps_block`) and then belongs to the point that placed
+    it; any other point places its own block (or none) at itself.
+
+        >>> block_owners([[5, 6], [5, 6], [7], [7], [5, 6]])
+        [0, 0, 2, 2, 4]
+        >>> block_owners([[5, 6], [5, 6]], keep_unchanged=False)
+        [0, 1]
+        >>> block_owners([[], []])
+        [0, 1]
+    """
+    owners: list[int] = []
+    for j, block in enumerate(blocks):
+        kept = bool(owners) and keeps_block(block, blocks[owners[-1]], keep_unchanged)
+        owners.append(owners[-1] if kept else j)
+    return owners
+
+
 def echo_span(point: int, start: int, echo: int) -> tuple[int, int]:
     """``(first, point)``: the prefix tokens an echo of ``echo`` repeats (never before ``start``)."""
     return max(start, point - echo), point
@@ -60,7 +100,8 @@ def logical_context(pattern: str, tokens: Sequence[int], point: int, block: Sequ
                     anchor: int = 0, window: int = 0, echo: int = 0) -> list[int]:
     """The full sequence the model reads after ``tokens`` (prompt + generated), for ``pattern``.
 
-    point:   the retrieval point the current block belongs to (append puts it there).
+    point:   the retrieval point the current block belongs to (append puts it there): the latest one,
+             or an earlier one whose block later points kept (:func:`block_owners`).
     anchor:  leading tokens that always stay first (a BOS the tokenizer added), never slid out.
     window:  index of the first non-anchor token still inside the context window.
     echo:    append only: repeat the last ``echo`` tokens before ``point`` after the block.

@@ -24,6 +24,8 @@ class RetrievalRecord:
     block_tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+    changed: bool = True   # the block differs from the one in place before this point (the first: any block)
+    kept: bool = False     # append: the unchanged block stayed where it was (nothing cropped or re-fed)
 
     @property
     def passage_ids(self) -> list[str]:
@@ -52,6 +54,7 @@ class GenerationStats:
     forward_calls: int = 0
     reused_tokens: int = 0       # cached positions kept at retrieval points (what append saves)
     retrievals: int = 0
+    blocks_changed: int = 0      # retrieval points whose block differed from the one in place
     retrieval_seconds: float = 0.0
     model_seconds: float = 0.0
     total_seconds: float = 0.0
@@ -67,6 +70,11 @@ class GenerationStats:
         return sum(self.request_cached_tokens) / sent if sent else 0.0
 
     @property
+    def changed_share(self) -> float:
+        """The share of retrieval points whose block changed (what prepend must recompute for)."""
+        return self.blocks_changed / self.retrievals if self.retrievals else 0.0
+
+    @property
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.total_seconds if self.total_seconds > 0 else 0.0
 
@@ -74,6 +82,7 @@ class GenerationStats:
         data = asdict(self)
         data["tokens_per_second"] = self.tokens_per_second
         data["cached_fraction"] = self.cached_fraction
+        data["changed_share"] = self.changed_share
         return data
 
 
@@ -88,6 +97,14 @@ class GenerationResult:
     stats: GenerationStats = field(default_factory=GenerationStats)
     warnings: list[str] = field(default_factory=list)
     scores: list[Any] = field(default_factory=list, repr=False)   # per-step logits, if asked for
+    token_nll: list[float] = field(default_factory=list, repr=False)   # FlashBack.score: each token's loss
+
+    @property
+    def perplexity(self) -> float | None:
+        """exp(mean token loss) of a scored text (``FlashBack.score``); None for a generation."""
+        import math
+
+        return math.exp(sum(self.token_nll) / len(self.token_nll)) if self.token_nll else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(replace(self, scores=[]))   # tensors are not JSON; leave them out

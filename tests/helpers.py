@@ -51,6 +51,22 @@ class HashRetriever:
                         title=f"T{(h + i) % len(self.texts)}", score=1.0 / (i + 1)) for i in range(k)]
 
 
+class ScriptedRetriever:
+    """Passages by a script: call i returns the passage named by ``script[i]`` (the last one after the
+    script ends), so a test decides which retrieval points find the same passage again."""
+
+    def __init__(self, script: str, texts: list[str] = TEXTS) -> None:
+        self.script, self.texts = script, texts
+        self.calls: list[str] = []
+
+    def retrieve(self, query: str, k: int) -> list[Passage]:
+        self.calls.append(query)
+        key = self.script[min(len(self.calls), len(self.script)) - 1]
+        n = ord(key) - ord("A")
+        return [Passage(id=f"{key}{i}", text=self.texts[(n + i) % len(self.texts)], title=f"T{n}")
+                for i in range(k)]
+
+
 class FailingRetriever:
     """Raises on every second call: the engine must go on without a passage (or stop when strict)."""
 

@@ -37,6 +37,7 @@ class SamplingSettings:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     output_scores: bool = False
+    forced_ids: tuple[int, ...] = ()          # score a given text: these are "chosen", their NLL recorded
 
     @property
     def greedy(self) -> bool:

@@ -66,6 +66,7 @@ class TransformersSession:
         self.controls = RepetitionControls(sampling.repetition_penalty, sampling.no_repeat_ngram_size)
         self.banned = list(sampling.banned_ids)
         self._banned_index: torch.Tensor | None = None      # the same ids, on the logits' device
+        self.forced = 0          # how many of sampling.forced_ids were read so far
 
     def segment(self, context: list[int], max_tokens: int, history: Sequence[int],
                 positions: Sequence[int] | None = None) -> Iterator[int]:
@@ -102,6 +103,11 @@ class TransformersSession:
             logits[s.vocab_size:] = float("-inf")    # never an id the tokenizer cannot decode
         if s.output_scores:
             self.result.scores.append(logits.float().cpu())
+        if s.forced_ids:          # scoring a given text: its next token, and what the model thought of it
+            token = s.forced_ids[self.forced]
+            self.forced += 1
+            self.result.token_nll.append(-float(torch.log_softmax(logits.float(), -1)[token]))
+            return token
         return self.sampler(logits)
 
     def close(self) -> None:

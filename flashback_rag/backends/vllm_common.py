@@ -20,6 +20,7 @@ UNSUPPORTED = {
     "repetition_penalty": (1.0, "vLLM's penalty also counts the prompt, passages included"),
     "no_repeat_ngram_size": (0, "vLLM has no n-gram ban"),
     "output_scores": (False, "vLLM returns sampled tokens, not full logits"),
+    "forced_ids": ((), "vLLM samples its own tokens; FlashBack.score reads a given text on transformers"),
 }
 
 

@@ -60,7 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tune=args.tune, lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                           targets=args.lora_targets),
         top_k=args.top_k, echo_tokens=args.echo_tokens, block_positions=args.block_positions, pack=args.pack,
-        prefix_loss_weight=args.prefix_loss_weight, copy_unlikelihood=args.copy_unlikelihood,
+        keep_unchanged=args.keep_unchanged, prefix_loss_weight=args.prefix_loss_weight, copy_unlikelihood=args.copy_unlikelihood,
         copy_min_match=args.copy_min_match, learning_rate=args.learning_rate,
         marker_lr=args.marker_lr, marker_init=args.marker_init, weight_decay=args.weight_decay,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
@@ -99,6 +99,7 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     markers = args.markers if args.markers is not None else (trained.markers if trained else True)
     echo = args.echo_tokens if args.echo_tokens is not None else (trained.echo_tokens if trained else 0)
     block_positions = args.block_positions or (trained.block_positions if trained else "after")
+    keep = args.keep_unchanged if args.keep_unchanged is not None else (trained.keep_unchanged if trained else True)
     if pattern == "append" and block_positions == "before" and not relative_positions(model.config.model_type):
         raise FlashBackError(f"--block-positions before gives the block positions below 0, which a "
                              f"{model.config.model_type} model (learned absolute positions) cannot read")
@@ -108,7 +109,8 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
             records = read_prepared_windows(split, args.max_examples)
             result = windows_perplexity(model, tokenizer, records, pattern, markers, args.top_k, echo,
                                         pack=args.pack is not False, batch_size=max(1, args.batch_size // 2),
-                                        show_progress=not args.quiet, block_positions=block_positions)
+                                        show_progress=not args.quiet, block_positions=block_positions,
+                                        keep_unchanged=keep)
         else:
             examples = read_examples(split, args.max_examples)
             result = prepared_perplexity(model, tokenizer, examples, pattern, markers, args.top_k, args.multi,
@@ -128,7 +130,8 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
         result = text_perplexity(model, tokenizer, Path(args.text).read_text(encoding="utf-8"), retriever,
                                  pattern, markers, stride, query_tokens, doc_tokens, top_k,
                                  args.max_positions, args.max_tokens, args.batch_size,
-                                 show_progress=not args.quiet, echo=echo, block_positions=block_positions)
+                                 show_progress=not args.quiet, echo=echo, block_positions=block_positions,
+                                 keep_unchanged=keep)
         result["text"] = str(args.text)
         if other is not None:
             result["compare"] = {"file": str(args.compare), **compare_text_results(result, other)}
@@ -222,6 +225,10 @@ def add_commands(subparsers) -> None:
     t.add_argument("--block-positions", choices=BLOCK_POSITIONS, default="after",
                    help="append: the position ids of the passage block: after the prefix (the paper's), or "
                         "before the first token, as if prepended, the text keeping its own positions")
+    t.add_argument("--keep-unchanged", action=argparse.BooleanOptionalAction, default=True,
+                   help="packed append: consecutive retrieval points with the same passages share one block "
+                        "and a longer chunk, as decoding keeps an unchanged block (default); "
+                        "--no-keep-unchanged: one block per point, the paper's layout")
     t.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                    help="packed windows: each window read once with all its retrieval points (default); "
                         "--no-pack: one example per point")
@@ -281,6 +288,9 @@ def add_commands(subparsers) -> None:
     ppl.add_argument("--echo-tokens", type=int, default=None, help="append echo (default: the adapter's, else 0)")
     ppl.add_argument("--block-positions", choices=BLOCK_POSITIONS, default=None,
                      help="append: where the block sits in position space (default: the adapter's, else after)")
+    ppl.add_argument("--keep-unchanged", action=argparse.BooleanOptionalAction, default=None,
+                     help="append: a retrieval point that finds the passages in place keeps their block (default: "
+                          "the model's, else on); --no-keep-unchanged re-inserts it at every point")
     ppl.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
                      help="--data: score prepared windows, packed (default when present); --no-pack: per-point examples")
     ppl.add_argument("--multi", choices=("concat", "average", "average-probs"), default="concat",

@@ -16,6 +16,12 @@ training reads exactly what decoding reads:
     [1, 2, 3, 4, 5]
     >>> layout(ex, "append", MarkerIds(100, 101), echo=2)   # append + echo: the last 2 src tokens again
     [1, 2, 3, 100, 7, 8, 9, 101, 2, 3, 4, 5]
+    >>> layout({**ex, "block_point": 1}, "append", MarkerIds(100, 101))   # a block kept since point 1
+    [1, 100, 7, 8, 9, 101, 2, 3, 4, 5]
+
+``block_point`` (optional, default ``len(src)``): where in ``src`` the block sits, for an example whose
+retrieval point kept the block an earlier point placed (``patterns.block_owners``); the tokens between
+are context, not targets.
 
 ``tgt`` is always the tail of the layout. Batches are therefore LEFT-padded: the targets of every row
 sit in the same last columns, so the model only computes logits for those (``logits_to_keep``) instead
@@ -42,7 +48,15 @@ def layout(example: dict[str, Any], pattern: str, markers=None, top_k: int | Non
     chosen = example["passages"][:top_k] if passages is None else passages
     block = build_block(chosen, markers) if pattern != "none" else []
     src, tgt = list(example["src"]), list(example["tgt"])
-    return logical_context(pattern, src + tgt, point=len(src), block=block, echo=echo)
+    return logical_context(pattern, src + tgt, point=block_point(example), block=block, echo=echo)
+
+
+def block_point(example: dict[str, Any]) -> int:
+    """Where an example's block sits in its ``src``: at its end unless an earlier point's block was kept."""
+    point = example.get("block_point", len(example["src"]))
+    if not 0 <= point <= len(example["src"]):
+        raise FlashBackError(f"an example's block_point {point} is outside its src of {len(example['src'])} tokens")
+    return point
 
 
 def layout_item(example: dict[str, Any], pattern: str, markers=None, top_k: int | None = None,
@@ -54,7 +68,8 @@ def layout_item(example: dict[str, Any], pattern: str, markers=None, top_k: int 
     chosen = example["passages"][:top_k] if passages is None else passages
     block = build_block(chosen, markers) if pattern != "none" else []
     src, tgt = list(example["src"]), list(example["tgt"])
-    positions = logical_positions(pattern, src + tgt, len(src), block, echo=echo, block_positions=block_positions)
+    positions = logical_positions(pattern, src + tgt, block_point(example), block, echo=echo,
+                                  block_positions=block_positions)
     if positions is not None:
         item["position_ids"] = positions
     return item

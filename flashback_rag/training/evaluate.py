@@ -71,26 +71,52 @@ def _setup(model, tokenizer, pattern: str, markers: bool, echo: int):
     return marks, banned, echo if pattern == "append" else 0, pad, _device(model)
 
 
+def retrieved_once(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The windows as retrieve-once reads them: every point keeps the passages of the window's first point
+    (retrieval at the prompt only; with ``keep_unchanged`` append then reads one block for the window).
+
+        >>> retrieved_once([{"points": [4, 8], "passages": [[[1]], [[2]]], "passage_ids": [["a"], ["b"]]}])[0]["passages"]
+        [[[1]], [[1]]]
+    """
+    out = []
+    for r in records:
+        once = dict(r, passages=[r["passages"][0]] * len(r["points"]))
+        if "passage_ids" in r:
+            once["passage_ids"] = [r["passage_ids"][0]] * len(r["points"])
+        out.append(once)
+    return out
+
+
 @torch.no_grad()
 def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], pattern: str = "append",
                      markers: bool = True, top_k: int | None = None, echo: int = 0, pack: bool = True,
-                     batch_size: int = 4, show_progress: bool = False, block_positions: str = "after"
-                     ) -> torch.Tensor:
+                     batch_size: int = 4, show_progress: bool = False, block_positions: str = "after",
+                     keep_unchanged: bool = True, retrieve: str = "periodic") -> torch.Tensor:
     """Per-token NLL ``(points, stride)`` of every point of ``records`` (in order), on the CPU.
 
     ``pack``: append / none read each window once (``batch_size`` windows a forward); otherwise, and
     always for prepend, one left-padded example per point (``batch_size`` x 8 examples a forward).
+    ``keep_unchanged`` and ``retrieve`` mean what they mean in ``FlashBackConfig``: a point that finds the
+    block in place keeps it (append), and ``"once"`` gives every point the first point's passages.
     """
     from tqdm.auto import tqdm
 
+    from ..config import RETRIEVE
+
     if not records:
         raise ConfigError("no windows to evaluate")
+    if retrieve not in RETRIEVE:
+        raise ConfigError(f"unknown retrieve {retrieve!r}; choose one of {', '.join(RETRIEVE)}")
+    if retrieve == "once":
+        records = retrieved_once(records)
+    keep = keep_unchanged and pattern == "append"
     marks, banned, echo, pad, device = _setup(model, tokenizer, pattern, markers, echo)
     rows: list[torch.Tensor] = []
     if pack and pattern in PACKABLE:
         bar = tqdm(total=len(records), desc=f"ppl {pattern}", unit=" win", disable=not show_progress)
         for chunk in batched(list(records), batch_size):
-            packed = [pack_record(r, pattern, marks, top_k, echo, block_positions=block_positions) for r in chunk]
+            packed = [pack_record(r, pattern, marks, top_k, echo, block_positions=block_positions,
+                                  keep_unchanged=keep) for r in chunk]
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                      for k, v in collate_packed(packed, pad).items()}
             nll = packed_token_nll(model, batch, banned).float().cpu()
@@ -100,7 +126,7 @@ def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], patter
     else:
         collate = LeftPadCollator(pad)
         items = [layout_item(ex, pattern, marks, top_k, echo=echo, block_positions=block_positions)
-                 for r in records for ex in unpack_record(r)]
+                 for r in records for ex in unpack_record(r, top_k, keep)]
         # Batches of similar lengths waste little on padding; the rows go back in point order after.
         order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
         scored: list[torch.Tensor | None] = [None] * len(items)
@@ -118,15 +144,16 @@ def window_token_nll(model, tokenizer, records: Sequence[dict[str, Any]], patter
 
 def windows_perplexity(model, tokenizer, records: Sequence[dict[str, Any]], pattern: str = "append",
                        markers: bool = True, top_k: int | None = None, echo: int = 0, pack: bool = True,
-                       batch_size: int = 4, show_progress: bool = False, block_positions: str = "after"
-                       ) -> dict[str, Any]:
+                       batch_size: int = 4, show_progress: bool = False, block_positions: str = "after",
+                       keep_unchanged: bool = True, retrieve: str = "periodic") -> dict[str, Any]:
     """Perplexity over prepared windows, plus the mean loss at each offset after the retrieval point."""
     started = time.perf_counter()
     nll = window_token_nll(model, tokenizer, records, pattern, markers, top_k, echo, pack, batch_size,
-                           show_progress, block_positions)
+                           show_progress, block_positions, keep_unchanged, retrieve)
     mean = float(nll.mean())
     return {"pattern": pattern, "markers": markers and pattern != "none", "top_k": top_k, "echo_tokens": echo,
             "block_positions": block_positions if pattern == "append" else "after",
+            "keep_unchanged": keep_unchanged and pattern == "append", "retrieve": retrieve,
             "packed": pack and pattern in PACKABLE, "windows": len(records), "examples": int(nll.shape[0]),
             "tokens": int(nll.numel()), "nll": mean, "ppl": math.exp(mean),
             "nll_by_position": [round(float(v), 5) for v in nll.mean(0)], "seconds": time.perf_counter() - started}
@@ -192,9 +219,13 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
                     stride: int = 16, query_tokens: int = 32, doc_tokens: int = 128, top_k: int = 1,
                     max_positions: int | None = None, max_tokens: int | None = None, batch_size: int = 8,
                     passage_template: str = "{title}\n{text}", show_progress: bool = False,
-                    echo: int = 0, group_tokens: int = GROUP_TOKENS, block_positions: str = "after"
-                    ) -> dict[str, Any]:
+                    echo: int = 0, group_tokens: int = GROUP_TOKENS, block_positions: str = "after",
+                    keep_unchanged: bool = True) -> dict[str, Any]:
     """Sliding-window perplexity of raw ``text`` with retrieval every ``stride`` tokens.
+
+    ``keep_unchanged`` (append): a point whose passages equal the previous point's reads the block where
+    the first of them placed it (as decoding keeps it), unless that place has slid out of the scored
+    chunk's context; then the block sits at the point itself.
 
     Every token after the first ``stride`` is scored once, with the longest preceding context that fits
     ``max_positions`` next to the passage block (the first stride has no query to retrieve with).
@@ -223,17 +254,33 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
                             max_positions=limit, construction="default", min_context=stride,
                             passage_template=passage_template, echo_tokens=echo)
         examples = make_examples(tokens, retriever, tokenizer, cfg, "text", points)
+        if keep_unchanged and pattern == "append":
+            place_kept_blocks(examples, top_k)
     result = prepared_perplexity(model, tokenizer, examples, pattern, markers, top_k, "concat", batch_size,
                                  show_progress, echo=echo, block_positions=block_positions)
     chunk_nll = result.pop("example_nll")
     sums, counts = text_groups(chunk_nll, [len(ex["tgt"]) for ex in examples], stride, group_tokens)
     result.update(stride=stride, max_positions=limit, text_tokens=len(tokens), group_tokens=group_tokens,
+                  keep_unchanged=keep_unchanged and pattern == "append",
                   groups=len(counts), ppl_ci=None, chunk_nll=[round(v, 5) for v in chunk_nll])
     if len(counts) >= MIN_GROUPS:
         result["ppl_ci"] = ppl_interval(bootstrap_means({"run": sums}, counts)["run"])
     else:
         result["ppl_ci_note"] = _too_short(len(counts), group_tokens)
     return result
+
+
+def place_kept_blocks(examples: list[dict[str, Any]], top_k: int | None = None) -> None:
+    """Give consecutive examples (one per retrieval point, each ``src`` ending at its ``point``) whose
+    passages are unchanged the ``block_point`` of the point that placed them, where their ``src`` still
+    holds it (``patterns.block_owners``)."""
+    from ..patterns import block_owners, build_block
+
+    owners = block_owners([build_block(ex["passages"][:top_k]) for ex in examples])
+    for ex, owner in zip(examples, owners):
+        offset = examples[owner]["point"] - (ex["point"] - len(ex["src"]))     # the owner's point in this src
+        if ex is not examples[owner] and offset >= 0:
+            ex["block_point"] = offset
 
 
 def _too_short(groups: int, group_tokens: int) -> str:

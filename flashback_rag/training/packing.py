@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from ..patterns import build_block, echo_span
+from ..patterns import block_owners, build_block, echo_span
 
 PACKABLE = ("append", "none")
 MODES = ("segments", "mask")
@@ -78,21 +78,34 @@ class PackedSequence:
 
 
 def pack_window(window: Sequence[int], points: Sequence[int], blocks: Sequence[Sequence[int]], stride: int,
-                echo: int = 0, block_positions: str = "after") -> PackedSequence:
+                echo: int = 0, block_positions: str = "after", keep_unchanged: bool = False) -> PackedSequence:
     """Lay out ``window`` once plus one segment per retrieval point (``blocks[j]`` belongs to ``points[j]``).
 
     ``points`` are offsets in the window with a full stride after them; ``echo`` repeats the last
     ``echo`` tokens before the point after a non-empty block (the append + echo layout). Positions are
     :func:`flashback_rag.patterns.logical_positions`'s: with ``block_positions="before"`` a block sits
     at ``-len(block)..-1`` and the echo and the copied chunk keep their window positions.
+    ``keep_unchanged``: consecutive points with the same block share one segment, as decoding keeps an
+    unchanged block (``patterns.block_owners``): the block once, then the text from the first point to
+    the end of the last one's stride, every point's targets reading the block placed at the first.
+
+        >>> p = pack_window([1, 2, 3, 4, 5, 6], [2, 4], [[90, 7, 91], [90, 7, 91]], stride=2, keep_unchanged=True)
+        >>> p.input_ids[6:], p.position_ids[6:]
+        ([90, 7, 91, 3, 4, 5, 6], [2, 3, 4, 5, 6, 7, 8])
+        >>> [p.input_ids[i] for i in p.predict_at], p.targets
+        ([91, 3, 4, 5], [3, 4, 5, 6])
     """
     window = [int(t) for t in window]
     length = len(window)
     packed = PackedSequence(input_ids=list(window), position_ids=list(range(length)),
                             segment=[-1] * length, sees_window=list(range(1, length + 1)))
+    owners = block_owners(blocks, keep_unchanged)
+    base = end = 0         # where the current segment's text starts in the packed sequence; its window end
     for j, (at, block) in enumerate(zip(points, blocks)):
         if at < 1 or at + stride > length:
             raise ValueError(f"retrieval point {at} needs a prefix and a full stride inside a window of {length}")
+        if j and at < points[j - 1] + stride and owners[j] != j:
+            raise ValueError("a kept block needs retrieval points at least a stride apart")
         chunk = window[at:at + stride]
         if not block:                       # nothing between prefix and target: score in the window
             for t in range(stride):
@@ -100,18 +113,29 @@ def pack_window(window: Sequence[int], points: Sequence[int], blocks: Sequence[S
                 packed.targets.append(chunk[t])
                 packed.slots.append((j, t))
             continue
-        first, _ = echo_span(at, 0, echo)
-        body = list(block) + window[first:at]                      # block + echo, then the copied chunk
-        base = len(packed.input_ids)
-        packed.input_ids += body + chunk
-        if block_positions == "before":
-            packed.position_ids += list(range(-len(block), 0)) + list(range(first, at + stride))
-        else:
-            packed.position_ids += list(range(at, at + len(body) + stride))
-        packed.segment += [j] * (len(body) + stride)
-        packed.sees_window += [at] * (len(body) + stride)
+        owner = points[owners[j]]
+        if owners[j] == j:                  # a new segment: block + echo, then the text from the point on
+            first, _ = echo_span(at, 0, echo)
+            body = list(block) + window[first:at]
+            packed.input_ids += body
+            if block_positions == "before":
+                packed.position_ids += list(range(-len(block), 0)) + list(range(first, at))
+            else:
+                packed.position_ids += list(range(at, at + len(body)))
+            packed.segment += [j] * len(body)
+            packed.sees_window += [at] * len(body)
+            base, end = len(packed.input_ids), at
+        # the segment's text grows to the end of this point's stride (a kept point continues it)
+        more = window[end:at + stride]
+        last = packed.position_ids[-1]
+        packed.input_ids += more
+        packed.position_ids += (list(range(end, at + stride)) if block_positions == "before"
+                                else list(range(last + 1, last + 1 + len(more))))
+        packed.segment += [owners[j]] * len(more)
+        packed.sees_window += [owner] * len(more)
+        end = at + stride
         for t in range(stride):
-            packed.predict_at.append(base + len(body) + t - 1)     # last of block/echo, then the copies
+            packed.predict_at.append(base + (at - owner) + t - 1)    # the token before each target
             packed.targets.append(chunk[t])
             packed.slots.append((j, t))
     return packed
@@ -339,18 +363,20 @@ def window_blocks(record: dict[str, Any], pattern: str, markers=None, top_k: int
 
 def pack_record(record: dict[str, Any], pattern: str, markers=None, top_k: int | None = None,
                 echo: int = 0, stride: int | None = None, block_positions: str = "after",
-                copy_min_match: int | None = None) -> PackedSequence:
+                copy_min_match: int | None = None, keep_unchanged: bool = False) -> PackedSequence:
     """A prepared window record (``flashback prepare``) packed for ``pattern`` (append or none).
 
     ``copy_min_match``: also find every target's copy candidate (``training/unlikelihood.py``) in the
-    passages the block holds.
+    passages the block holds. ``keep_unchanged``: points that find the block in place keep it (decoding's
+    default), so consecutive points with equal passages share one segment.
     """
     if pattern not in PACKABLE:
         raise ValueError(f"the {pattern!r} layout cannot be packed (its prefix attends to the passage)")
     stride = stride or record["stride"]
     packed = pack_window(record["tokens"], record["points"], window_blocks(record, pattern, markers, top_k),
                          stride, echo if pattern == "append" else 0,
-                         block_positions if pattern == "append" else "after")
+                         block_positions if pattern == "append" else "after",
+                         keep_unchanged and pattern == "append")
     if copy_min_match is not None:
         from .unlikelihood import copy_candidates
 
@@ -360,13 +386,29 @@ def pack_record(record: dict[str, Any], pattern: str, markers=None, top_k: int |
 
 
 def unpack_window(window: Sequence[int], points: Sequence[int], passages: Sequence[Sequence[Sequence[int]]],
-                  stride: int) -> list[dict[str, Any]]:
-    """The separate examples a packed window stands for: ``src = x[:i]``, ``tgt = x[i:i+s]`` per point."""
+                  stride: int, keep_unchanged: bool = False) -> list[dict[str, Any]]:
+    """The separate examples a packed window stands for: ``src = x[:i]``, ``tgt = x[i:i+s]`` per point.
+
+    With ``keep_unchanged`` a point whose passages equal those in place gets the ``block_point`` of the
+    point that placed them (``patterns.block_owners``):
+
+        >>> [ex.get("block_point") for ex in unpack_window(range(9), [2, 4, 6], [[[7]], [[7]], [[8]]], 2, True)]
+        [None, 2, None]
+    """
     window = list(window)
-    return [{"passages": [list(p) for p in found], "src": window[:at], "tgt": window[at:at + stride], "point": at}
-            for at, found in zip(points, passages)]
+    owners = block_owners([build_block(found) for found in passages], keep_unchanged)
+    examples = []
+    for j, (at, found) in enumerate(zip(points, passages)):
+        example = {"passages": [list(p) for p in found], "src": window[:at], "tgt": window[at:at + stride], "point": at}
+        if owners[j] != j:
+            example["block_point"] = points[owners[j]]
+        examples.append(example)
+    return examples
 
 
-def unpack_record(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Separate examples of a prepared window record (for layouts that cannot be packed)."""
-    return unpack_window(record["tokens"], record["points"], record["passages"], record["stride"])
+def unpack_record(record: dict[str, Any], top_k: int | None = None, keep_unchanged: bool = False
+                  ) -> list[dict[str, Any]]:
+    """Separate examples of a prepared window record (for layouts that cannot be packed); ``top_k`` is
+    the passages the layout will read (what decides whether two points' blocks are equal)."""
+    passages = [found[:top_k] for found in record["passages"]]
+    return unpack_window(record["tokens"], record["points"], passages, record["stride"], keep_unchanged)

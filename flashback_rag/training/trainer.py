@@ -61,6 +61,7 @@ class TrainConfig:
     echo_tokens: int = 0                  # append: repeat the last k prefix tokens after the block
     block_positions: str = "after"        # append: "before" puts the block at positions -len..-1
     pack: bool = True                     # packed windows (see training/packing.py); False: per-point examples
+    keep_unchanged: bool = True           # packed append: points with the block in place share it (as decoding)
     prefix_loss_weight: float = 0.0       # packed: + this x the mean loss of the window's own tokens
     copy_unlikelihood: float = 0.0        # packed append: + this x the copy unlikelihood (training/unlikelihood.py)
     copy_min_match: int = DEFAULT_MIN_MATCH   # tokens the text must match a passage for a copy candidate
@@ -104,6 +105,8 @@ class TrainConfig:
         if self.block_positions not in BLOCK_POSITIONS:
             raise ConfigError(f"unknown block_positions {self.block_positions!r}; choose one of "
                               f"{', '.join(BLOCK_POSITIONS)}")
+        if not isinstance(self.keep_unchanged, bool):
+            raise ConfigError(f"keep_unchanged must be true or false, got {self.keep_unchanged!r}")
         if self.marker_lr is not None and not self.marker_lr > 0:
             raise ConfigError(f"marker_lr must be positive, got {self.marker_lr!r}")
         if self.marker_init not in MARKER_INITS:
@@ -349,13 +352,15 @@ class WindowDataset(torch.utils.data.Dataset):
     """Prepared windows, one item each: a packed sequence (append, none) or the window's separate examples."""
 
     def __init__(self, records: list[dict[str, Any]], pattern: str, markers=None, top_k: int | None = None,
-                 echo: int = 0, block_positions: str = "after", copy_min_match: int | None = None) -> None:
+                 echo: int = 0, block_positions: str = "after", copy_min_match: int | None = None,
+                 keep_unchanged: bool = False) -> None:
+        keep = keep_unchanged and pattern == "append"
         if pattern in PACKABLE:
             self.items = [pack_record(r, pattern, markers, top_k, echo, block_positions=block_positions,
-                                      copy_min_match=copy_min_match) for r in records]
+                                      copy_min_match=copy_min_match, keep_unchanged=keep) for r in records]
         else:
             self.items = [[layout_item(ex, pattern, markers, top_k, echo=echo, block_positions=block_positions)
-                           for ex in unpack_record(r)] for r in records]
+                           for ex in unpack_record(r, top_k, keep)] for r in records]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -382,7 +387,7 @@ def _dataset(cfg: TrainConfig, split_dir: Path, limit: int | None, markers):
     if cfg.pack:
         return WindowDataset(read_windows(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo,
                              cfg.layout_block_positions,
-                             cfg.copy_min_match if cfg.copy_unlikelihood > 0 else None)
+                             cfg.copy_min_match if cfg.copy_unlikelihood > 0 else None, cfg.keep_unchanged)
     return LayoutDataset(read_examples(split_dir, limit), cfg.pattern, markers, cfg.top_k, cfg.layout_echo,
                          cfg.layout_block_positions)
 
@@ -394,7 +399,7 @@ def _evaluate(model, tokenizer, cfg: TrainConfig, split_dir: Path, markers) -> d
     if cfg.pack:
         result = windows_perplexity(model, tokenizer, read_windows(split_dir, cfg.max_eval_examples), cfg.pattern,
                                     markers is not None, cfg.top_k, cfg.layout_echo,
-                                    block_positions=cfg.layout_block_positions)
+                                    block_positions=cfg.layout_block_positions, keep_unchanged=cfg.keep_unchanged)
     else:
         result = prepared_perplexity(model, tokenizer, read_examples(split_dir, cfg.max_eval_examples), cfg.pattern,
                                      markers is not None, cfg.top_k, echo=cfg.layout_echo,
@@ -411,7 +416,8 @@ def save_output(model, tokenizer, cfg: TrainConfig, markers, base, pcfg, out: Pa
     engine = FlashBackConfig(pattern=cfg.pattern, markers=cfg.uses_markers, stride=pcfg["stride"],
                              query_tokens=pcfg["query_tokens"], doc_tokens=pcfg["doc_tokens"],
                              top_k=cfg.top_k or pcfg["top_k"], echo_tokens=cfg.echo_tokens,
-                             block_positions=cfg.block_positions, passage_template=pcfg["passage_template"])
+                             block_positions=cfg.block_positions, passage_template=pcfg["passage_template"],
+                             keep_unchanged=cfg.keep_unchanged)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.tune == "full":
         model.save_pretrained(str(out))

@@ -42,20 +42,22 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad, mode, block_positions):
+def _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad, mode, block_positions,
+                           keep=False):
     from flashback_rag.patterns import build_block
 
     model.zero_grad(set_to_none=True)
     blocks = [build_block(found, markers) if pattern == "append" else [] for found in passages]
-    batch = collate_packed([pack_window(window, points, blocks, STRIDE, echo, block_positions)], pad, mode=mode)
+    batch = collate_packed([pack_window(window, points, blocks, STRIDE, echo, block_positions, keep)], pad, mode=mode)
     loss = packed_token_nll(model, batch, markers.as_list()).sum()
     loss.backward()
     return loss.detach(), _grads(model)
 
 
-def _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad, block_positions):
+def _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad, block_positions,
+                             keep=False):
     model.zero_grad(set_to_none=True)
-    examples = unpack_window(window, points, passages, STRIDE)
+    examples = unpack_window(window, points, passages, STRIDE, keep)
     items = [layout_item(ex, pattern, markers, echo=echo, block_positions=block_positions) for ex in examples]
     assert ("position_ids" in items[0]) == (block_positions == "before" and pattern == "append")
     nll, count = target_nll(model, LeftPadCollator(pad)(items), markers.as_list())
@@ -64,13 +66,14 @@ def _separate_loss_and_grads(model, markers, window, points, passages, pattern, 
     return nll.detach(), _grads(model)
 
 
-def _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol, atol, mode="segments", block_positions="after"):
-    window, points, passages = _window(1, min(len(tokenizer), 250))
+def _assert_equivalent(model, markers, tokenizer, pattern, echo, rtol, atol, mode="segments", block_positions="after",
+                       keep=False, window=None):
+    window, points, passages = window or _window(1, min(len(tokenizer), 250))
     pad = tokenizer.pad_token_id or 0
     packed_loss, packed_grads = _packed_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad,
-                                                       mode, block_positions)
+                                                       mode, block_positions, keep)
     loss, grads = _separate_loss_and_grads(model, markers, window, points, passages, pattern, echo, pad,
-                                           block_positions)
+                                           block_positions, keep)
     torch.testing.assert_close(packed_loss, loss, rtol=rtol, atol=atol)
     assert packed_grads.keys() == grads.keys()
     assert any("trainable_tokens" in n for n in grads) and any("lora_A" in n for n in grads)
@@ -110,10 +113,42 @@ def test_block_before_packed_equals_separate_examples(arch, echo, mode):
         range(points[0] - echo, points[0] + STRIDE))
 
 
+def _window_with_unchanged_blocks(seed, vocab):
+    """Contiguous points whose passages repeat: A A A B (none) B, so three points keep one block, one
+    keeps the next, and a point after one that found nothing places its block anew."""
+    g = torch.Generator().manual_seed(seed)
+    window = torch.randint(3, vocab, (48,), generator=g).tolist()
+    a, b = ([torch.randint(3, vocab, (n,), generator=g).tolist()] for n in (5, 4))
+    return window, [6, 12, 18, 24, 30, 36], [a, a, a, b, [], b]
+
+
+@pytest.mark.parametrize("mode", ["segments", "mask"])
+@pytest.mark.parametrize("arch,block_positions", [("llama", "after"), ("llama", "before"), ("gpt2", "after")])
+@pytest.mark.parametrize("echo", [0, 3])
+def test_kept_blocks_packed_equal_separate_examples(arch, block_positions, echo, mode):
+    """keep_unchanged: points sharing a block share one packed segment (the block once, then a longer chunk);
+    loss and gradients equal those of separate examples whose block sits at the point that placed it."""
+    from flashback_rag.patterns import build_block
+
+    model, tokenizer = load_model(f"tiny-random-{arch}")
+    model, markers = _lora_with_markers(model, tokenizer)
+    window = _window_with_unchanged_blocks(2, 250)
+    _assert_equivalent(model, markers, tokenizer, "append", echo, rtol=1e-5, atol=1e-5, mode=mode,
+                       block_positions=block_positions, keep=True, window=window)
+    tokens, points, passages = window
+    blocks = [build_block(found, markers) for found in passages]
+    kept = pack_window(tokens, points, blocks, STRIDE, echo, block_positions, keep_unchanged=True)
+    plain = pack_window(tokens, points, blocks, STRIDE, echo, block_positions)
+    assert sorted(set(kept.segment) - {-1}) == [0, 3, 5]           # one segment per placed block
+    assert len(plain) - len(kept) == 2 * (len(blocks[0]) + echo)       # the two kept points of A
+    assert kept.targets == plain.targets and kept.slots == plain.slots
+
+
 def test_training_examples_read_what_decoding_reads(tiny_models):
     """The logits an example's layout gives its targets equal the engine's own decoding scores, for the
-    paper's positions and for block_positions='before' with an echo (one definition of the layout)."""
-    from helpers import HashRetriever
+    paper's positions and for block_positions='before' with an echo, with every block re-inserted and with
+    unchanged blocks kept (one definition of the layout)."""
+    from helpers import ScriptedRetriever
 
     from flashback_rag import FlashBack, FlashBackConfig
     from flashback_rag.training.data import tail_logits
@@ -121,20 +156,27 @@ def test_training_examples_read_what_decoding_reads(tiny_models):
     model, tokenizer = tiny_models["llama"]
     prompt = list(range(40, 72))
     for block_positions in ("after", "before"):
-        cfg = FlashBackConfig(stride=4, query_tokens=8, doc_tokens=12, echo_tokens=3, block_positions=block_positions)
-        fb = FlashBack(model, tokenizer, HashRetriever(), cfg)
-        result = fb.generate(prompt, max_new_tokens=8, ignore_eos=True, output_scores=True)
-        running = prompt + result.token_ids
-        for r in result.retrievals:
-            ex = {"src": running[:r.position], "tgt": running[r.position:r.position + 4],
-                  "passages": [fb._passage_tokens(p) for p in r.passages]}
-            batch = LeftPadCollator(0)([layout_item(ex, "append", fb.markers, echo=3, block_positions=block_positions)])
-            with torch.no_grad():
-                logits = tail_logits(model, batch["input_ids"], batch["attention_mask"], 4, batch.get("position_ids"))
-            steps = result.scores[r.step:r.step + 4]
-            for k, score in enumerate(steps):
-                finite = torch.isfinite(score)
-                torch.testing.assert_close(logits[0, k][finite], score[finite], rtol=1e-4, atol=1e-4)
+        for keep in (False, True):
+            cfg = FlashBackConfig(stride=4, query_tokens=8, doc_tokens=12, echo_tokens=3,
+                                  block_positions=block_positions, keep_unchanged=keep)
+            fb = FlashBack(model, tokenizer, ScriptedRetriever("AABBBA"), cfg)
+            result = fb.generate(prompt, max_new_tokens=24, ignore_eos=True, output_scores=True)
+            assert [r.kept for r in result.retrievals] == [False, keep, False, keep, keep, False]
+            running = prompt + result.token_ids
+            owner = None
+            for r in result.retrievals:
+                owner = owner if r.kept else r.position
+                ex = {"src": running[:r.position], "tgt": running[r.position:r.position + 4],
+                      "passages": [fb._passage_tokens(p) for p in r.passages], "block_point": owner}
+                batch = LeftPadCollator(0)([layout_item(ex, "append", fb.markers, echo=3,
+                                                        block_positions=block_positions)])
+                with torch.no_grad():
+                    logits = tail_logits(model, batch["input_ids"], batch["attention_mask"], 4,
+                                         batch.get("position_ids"))
+                steps = result.scores[r.step:r.step + 4]
+                for k, score in enumerate(steps):
+                    finite = torch.isfinite(score)
+                    torch.testing.assert_close(logits[0, k][finite], score[finite], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["segments", "mask"])

@@ -106,12 +106,14 @@ def test_echo_parity_across_window_slides(tiny_models, arch):
 
 
 def test_echo_changes_what_the_model_reads_and_keeps_the_prefix_cache(tiny_models):
-    """The echo is fed with the block (k more prefill tokens per retrieval); the prefix is never re-fed."""
+    """The echo is fed with the block (k more prefill tokens per retrieval); the prefix is never re-fed.
+    (Every block re-inserted, as in the paper, so every retrieval pays for its echo.)"""
     model, tokenizer = tiny_models["llama"]
     runs = {}
     for echo in (0, 6):
         fb = FlashBack(model, tokenizer, HashRetriever(),
-                       FlashBackConfig(pattern="append", stride=4, query_tokens=8, doc_tokens=24, echo_tokens=echo))
+                       FlashBackConfig(pattern="append", stride=4, query_tokens=8, doc_tokens=24, echo_tokens=echo,
+                                       keep_unchanged=False))
         runs[echo] = fb.generate(PROMPT, max_new_tokens=24, ignore_eos=True, output_scores=True)
     plain, echoed = runs[0], runs[6]
     retrievals = len(plain.retrievals)
@@ -127,8 +129,10 @@ def test_block_before_cached_equals_recomputed(tiny_models, arch, markers, echo)
     """block_positions='before' (the block at -len..-1, the text at its own positions) keeps cached ==
     recomputed, and the reference really recomputes with those positions (an explicit mask)."""
     model, tokenizer = tiny_models[arch]
+    # (every block re-inserted: which blocks a run keeps depends on its text, and the cost check below
+    # compares two runs whose texts differ)
     cfg = FlashBackConfig(pattern="append", markers=markers, stride=4, query_tokens=8, doc_tokens=24,
-                          echo_tokens=echo, block_positions="before")
+                          echo_tokens=echo, block_positions="before", keep_unchanged=False)
     cached, reference = _both(FlashBack(model, tokenizer, HashRetriever(), cfg), max_new_tokens=24)
     _assert_same(cached, reference)
     assert len({tuple(r.passage_ids) for r in cached.retrievals}) > 1
