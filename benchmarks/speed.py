@@ -226,6 +226,16 @@ def timed_generate(fb: FlashBack, prompt, new_tokens: int, device: torch.device)
     return time.perf_counter() - start, result
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The most GPU memory allocated since the last reset (weights, cache, activations), GiB; None on a CPU."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
 def calibrate(model, prompt: list[int], block: int, repeats: int = 5) -> dict[str, float]:
     """Measure the two constants of the time model: one decode step, and per-token prefill time."""
     device = next(model.parameters()).device
@@ -341,13 +351,17 @@ def run_point(args, name: str, model, tokenizer, total: int, lora: bool) -> dict
     constants = calibrate(model, prompt, stride + block)
 
     times: dict[str, list[float]] = {p: [] for p in patterns}
+    peaks: dict[str, list[float]] = {p: [] for p in patterns}
     results: dict[str, Any] = {}
     for repeat in range(args.repeats):
         order = patterns[repeat % len(patterns):] + patterns[:repeat % len(patterns)]
         for p in order:
             engines[p].retriever = make_retriever() if p != "none" else None
+            reset_peak_memory(device)
             seconds, result = timed_generate(engines[p], prompt, new_tokens, device)
             times[p].append(seconds)
+            if device.type == "cuda":
+                peaks[p].append(peak_memory_gib(device))
             results[p] = result
             log(f"  {name} T={total}{' +lora' if lora else ''} {p:8s} {seconds:8.2f} s")
 
@@ -360,6 +374,12 @@ def run_point(args, name: str, model, tokenizer, total: int, lora: bool) -> dict
         record[f"{p}{suffix}_retrieval_s"] = stats.retrieval_seconds
         record[f"{p}{suffix}_model_s"] = stats.model_seconds
         record[f"{p}{suffix}_stats"] = stats.to_dict()
+        if peaks[p]:
+            record[f"{p}{suffix}_peak_gib"] = max(peaks[p])
+        # the two predictions for this pattern alone, beside its measured time
+        plan = schedule(p, init, total, stride, block, echo=args.echo_tokens)
+        record[f"{p}{suffix}_flops"] = flops(plan, model, args.lora_rank if lora else 0)
+        record[f"{p}{suffix}_predicted_s"] = predicted_seconds(plan, constants)
         assert stats.generated_tokens == new_tokens, (p, stats.generated_tokens)
     if "prepend" in patterns and "append" in patterns:
         record[f"speedup{suffix}"] = record[f"prepend{suffix}_s"] / record[f"append{suffix}_s"]

@@ -218,7 +218,8 @@ def apply_adapter(model, tokenizer, directory: str | Path):
     except (RuntimeError, ValueError, KeyError, OSError) as err:   # shape mismatches, missing keys, bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AdapterMismatchError(f"adapter {directory} does not fit this model: {first}") from None
-    wrapped.to(device)
+    if getattr(model, "hf_device_map", None) is None:   # a model placed by device_map keeps its layout
+        wrapped.to(device)
     wrapped.eval()
     wrapped.flashback_config = FlashBackConfig.from_dict(meta["config"])
     return wrapped

@@ -75,6 +75,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser, model_default: str | N
     g.add_argument("--adapter", default=None, help="adapter folder from `flashback train` (LoRA + markers)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
+    g.add_argument("--device-map", default=None,
+                   help="instead of --device: 'auto' spreads a model too large for one GPU over all GPUs "
+                        "(then the CPU); needs accelerate")
 
 
 ENGINE_FIELDS = ("pattern", "markers", "stride", "query_tokens", "doc_tokens", "top_k", "echo_tokens",
@@ -110,7 +113,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         backend, tokenizer, recorded = server_parts(args.server, args.tokenizer, args.served_model)
         fb = FlashBack(None, tokenizer, retriever, config_from_args(args, recorded), backend=backend)
     else:
-        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
+                                      device_map=args.device_map)
         config = config_from_args(args, getattr(model, "flashback_config", None))
         fb = FlashBack(model, tokenizer, retriever, config)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -170,6 +170,10 @@ def _check_device(args: argparse.Namespace) -> None:
         from .models import resolve_dtype
 
         resolve_dtype(args.dtype, None)
+    if getattr(args, "device_map", None) is not None:
+        from .models import _check_device_map
+
+        _check_device_map(getattr(args, "device", None), args.device_map)
 
 
 def check_input_file(path: str | Path, what: str) -> Path:

@@ -147,11 +147,13 @@ class FlashBack:
                         config: FlashBackConfig | None = None, device: str | None = None,
                         dtype: str | torch.dtype | None = None, adapter: str | None = None, *,
                         backend: str = "transformers", server: str | None = None,
-                        backend_options: dict[str, Any] | None = None, **config_fields: Any) -> "FlashBack":
+                        backend_options: dict[str, Any] | None = None, device_map: str | dict | None = None,
+                        **config_fields: Any) -> "FlashBack":
         """Load a model by alias, folder, .gguf or hub id; ``retriever`` may be an index folder path.
 
         ``adapter``: a folder from ``flashback train``; its settings (pattern, markers, stride, ...)
         are the default config, and ``config`` / keyword fields override them.
+        ``device_map``: instead of ``device``, e.g. ``"auto"`` (see :func:`load_model`).
         ``backend``: ``"transformers"`` (default, in process), ``"vllm"`` (an in-process vLLM engine;
         ``backend_options`` are its ``AsyncEngineArgs``; a shipped model or adapter is exported for it
         once) or ``"vllm-server"`` with ``server=URL`` (same as :meth:`from_server`).
@@ -180,7 +182,8 @@ class FlashBack:
 
         from .serving import served_settings
 
-        model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, adapter=adapter)
+        model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, adapter=adapter,
+                                      device_map=device_map)
         if config is None:
             config = getattr(model, "flashback_config", None)
         if config is None and adapter is None:          # a merged or fully tuned model folder

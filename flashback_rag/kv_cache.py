@@ -61,6 +61,63 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def to_device(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``values`` as a (1, n) long tensor on ``device`` without a host sync.
+
+    ``torch.tensor(..., device="cuda")`` copies with ``non_blocking=False``, which waits for the GPU to
+    finish all queued work (a host sync per forward); a non-blocking copy from host memory is staged by
+    the driver at once and ordered on the stream like any kernel.
+    """
+    host = torch.tensor([list(values)], dtype=torch.long)
+    return host if device.type == "cpu" else host.to(device, non_blocking=True)
+
+
+class _ForwardTimer:
+    """``stats.model_seconds`` without a host sync on a GPU.
+
+    On the CPU a forward is done when it returns: wall clock around it. On CUDA the forward only queues
+    kernels; a CUDA event before and after it times it on the GPU's own clock, and a pair is read once
+    the GPU has passed it (checked without waiting at the next forward, since reading the token already
+    waited), the rest at :meth:`flush` when the session ends. The events are on the stream of the model's
+    first device: a model split over GPUs (device_map) is timed as that GPU sees it.
+    """
+
+    def __init__(self, device: torch.device, stats) -> None:
+        self.stats = stats
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def start(self):
+        if not self.cuda:
+            return time.perf_counter()
+        self._collect(wait=False)
+        begin = torch.cuda.Event(enable_timing=True)
+        begin.record(torch.cuda.current_stream(self.device))
+        return begin
+
+    def stop(self, begin) -> None:
+        if not self.cuda:
+            self.stats.model_seconds += time.perf_counter() - begin
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record(torch.cuda.current_stream(self.device))
+        self.pending.append((begin, end))
+
+    def _collect(self, wait: bool) -> None:
+        while self.pending:
+            begin, end = self.pending[0]
+            if not end.query():          # the GPU has not got there yet
+                if not wait:
+                    return
+                end.synchronize()
+            self.pending.pop(0)
+            self.stats.model_seconds += begin.elapsed_time(end) / 1000.0
+
+    def flush(self) -> None:
+        self._collect(wait=True)
+
+
 class _Source:
     def __init__(self, model, stats) -> None:
         self.model = model
@@ -68,26 +125,28 @@ class _Source:
         self.device = next(model.parameters()).device
         self._keep_last = _logits_kwargs(model)
         self._cache_key = cache_keyword(model)
-        self._sync = self.device.type == "cuda"
+        self._timer = _ForwardTimer(self.device, stats)
 
     def _run(self, ids: Sequence[int], positions: Sequence[int] | None = None, **kwargs) -> torch.Tensor:
         """One forward over ``ids`` (at ``positions``, else where the model puts them); returns the last
-        position's logits (vocab,)."""
-        start = time.perf_counter()
-        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        position's logits (vocab,). Nothing here waits for the GPU: the caller's read of the token does."""
+        started = self._timer.start()
+        input_ids = to_device(ids, self.device)
         if positions is not None:
-            kwargs["position_ids"] = torch.tensor([list(positions)], dtype=torch.long, device=self.device)
+            kwargs["position_ids"] = to_device(positions, self.device)
         out = self.model(input_ids=input_ids, **kwargs, **self._keep_last)
         logits = out.logits[0, -1]
-        if self._sync:
-            torch.cuda.synchronize(self.device)
-        self.stats.model_seconds += time.perf_counter() - start
+        self._timer.stop(started)
         self.stats.forward_calls += 1
         if len(ids) == 1:
             self.stats.decode_steps += 1
         else:
             self.stats.prefill_tokens += len(ids)
         return logits
+
+    def close(self) -> None:
+        """Settle the statistics (the GPU timings still in flight); the source is not used afterwards."""
+        self._timer.flush()
 
 
 class CachedLogits(_Source):
@@ -145,7 +204,7 @@ class RecomputedLogits(_Source):
             return self._run(context, use_cache=False)
         # An explicit mask: with position ids and no mask, transformers reads a drop in the positions as
         # the start of another packed sequence and would hide the prefix from the block's readers.
-        mask = torch.ones((1, len(context)), dtype=torch.long, device=self.device)
+        mask = torch.ones((1, len(context)), dtype=torch.long, device=self.device)   # a fill: no copy, no sync
         return self._run(context, positions, attention_mask=mask, use_cache=False)
 
     extend = None   # the reference mode always passes the whole context

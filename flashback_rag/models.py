@@ -263,29 +263,36 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, adapter: str | os.PathLike | None = None):
+               dtype: str | torch.dtype | None = None, adapter: str | os.PathLike | None = None,
+               device_map: str | dict[str, Any] | None = None):
     """Load ``(model, tokenizer)`` from an alias, a local folder, a .gguf file or a Hugging Face id.
 
     The model is put in eval mode on ``device`` (CUDA when present) in ``dtype`` (float32 on CPU,
     bfloat16 on a recent GPU). ``adapter``: a folder written by ``flashback train`` (LoRA + marker
-    rows), restored on top, markers included (see ``adapters.py``).
+    rows), restored on top, markers included (see ``adapters.py``). ``device_map`` (instead of
+    ``device``; needs accelerate): where transformers puts each layer, e.g. ``"auto"`` to spread a model
+    too large for one GPU over all of them (then the CPU); a model built in this process (the
+    ``tiny-random-*`` aliases) goes whole on the first GPU, else the CPU.
     """
+    if device_map is not None:
+        _check_device_map(device, device_map)
     if str(name_or_path) in SHIPPED:
         if adapter is not None:
             raise ModelNotFoundError(f"{name_or_path} already carries its FlashBack adapter; give adapter= "
                                      f"with its base model {base_alias(str(name_or_path))} instead")
         wrapped, tokenizer = load_model(base_alias(str(name_or_path)), device=device, dtype=dtype,
-                                        adapter=shipped_adapter(str(name_or_path)))
+                                        adapter=shipped_adapter(str(name_or_path)), device_map=device_map)
         return merged_for_inference(wrapped), tokenizer
     if adapter is not None:
         from .adapters import apply_adapter
 
-        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, device_map=device_map)
         return apply_adapter(model, tokenizer, adapter), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    placement = {} if device_map is None else {"device_map": device_map}
     name = str(name_or_path)
     path = Path(name).expanduser()
 
@@ -307,11 +314,23 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         _check_hub_reachable(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path if path.is_dir() else name)
-        model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else name, dtype=dt)
+        model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else name, dtype=dt, **placement)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelNotFoundError(f"could not load model {name!r}: {first}") from None
-    return _finish(model, tokenizer, dev)
+    return _finish(model, tokenizer, None if device_map is not None else dev)
+
+
+def _check_device_map(device, device_map) -> None:
+    """One clear message for the combinations ``load_model`` cannot honour."""
+    if device is not None:
+        raise ConfigError("give device or device_map, not both (device_map places every layer itself)")
+    if not isinstance(device_map, (str, dict)):
+        raise ConfigError(f"device_map must be a string such as 'auto' or a dict, got {device_map!r}")
+    if importlib.util.find_spec("accelerate") is None:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError("device_map needs accelerate: pip install accelerate")
 
 
 def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
@@ -340,8 +359,9 @@ def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
             "download it where the hub is reachable, or pass a local folder or .gguf file") from None
 
 
-def _finish(model, tokenizer, device: torch.device):
-    model.to(device)
+def _finish(model, tokenizer, device: torch.device | None):
+    if device is not None:          # None: placed by from_pretrained's device_map
+        model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -377,7 +397,7 @@ def _marker_rows(weight: torch.Tensor, rows: int, tokenizer, init: str) -> torch
     if init == "offset":
         spread = old.std(dim=0)
         gen = torch.Generator().manual_seed(0)          # deterministic: the same rows on every load
-        noise = torch.randn((2, old.shape[1]), generator=gen)
+        noise = torch.randn((2, old.shape[1]), generator=gen).to(old.device)   # drawn on the CPU: same rows on a GPU
         return mean + 0.5 * spread * noise
     if init == "tokens":
         def row(text: str | None) -> torch.Tensor | None:

@@ -36,18 +36,28 @@ class Sampler:
             raise ConfigError(f"top_k must be an integer >= 0, got {top_k}")
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.greedy = temperature == 0
+        self.seed = seed
         self.generator = None
         if not self.greedy:
-            self.generator = torch.Generator(device=device)
-            if seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(seed)
+            self.generator = self._new_generator(torch.device(device))
+
+    def _new_generator(self, device: torch.device) -> torch.Generator:
+        generator = torch.Generator(device=device)
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return generator
 
     def __call__(self, logits: torch.Tensor) -> int:
-        """Pick a token from one row of logits, shape (vocab,)."""
+        """Pick a token from one row of logits, shape (vocab,). ``int(...)`` of the choice is the one
+        point where the host waits for the device."""
         if self.greedy:
             return int(torch.argmax(logits))
+        if self.generator.device != logits.device:
+            # a model split over devices (device_map) gives its logits where its last layer is: the
+            # draws must come from a generator there (seeded alike, before its first draw)
+            self.generator = self._new_generator(logits.device)
         logits = logits.float() / self.temperature
         if self.top_k:
             kth = torch.topk(logits, min(self.top_k, logits.numel())).values[-1]
@@ -100,15 +110,23 @@ class RepetitionControls:
         if not self.active:
             return logits
         self._index(tokens)
+        # Index tensors are copied to the logits' device without a wait (a list index, or torch.tensor(...,
+        # device=cuda), would make the host wait for the GPU at every token).
         if self.penalty != 1.0 and self._seen:
-            ids = torch.tensor(sorted(t for t in self._seen if t < logits.shape[-1]), device=logits.device)
-            picked = logits[ids]
-            logits[ids] = torch.where(picked > 0, picked / self.penalty, picked * self.penalty)
+            ids = _on(sorted(t for t in self._seen if t < logits.shape[-1]), logits.device)
+            picked = logits.index_select(0, ids)
+            logits.index_copy_(0, ids, torch.where(picked > 0, picked / self.penalty, picked * self.penalty))
         if self.n > 0 and len(tokens) >= self.n - 1:
             banned = self._next.get(tuple(tokens[len(tokens) - self.n + 1:]) if self.n > 1 else (), ())
             if banned:
-                logits[sorted(banned)] = float("-inf")
+                logits.index_fill_(0, _on(sorted(banned), logits.device), float("-inf"))
         return logits
+
+
+def _on(ids: list[int], device: torch.device) -> torch.Tensor:
+    """``ids`` as a long tensor on ``device``, copied without making the host wait."""
+    host = torch.tensor(ids, dtype=torch.long)
+    return host if device.type == "cpu" else host.to(device, non_blocking=True)
 
 
 class TextAssembler:

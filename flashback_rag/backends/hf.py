@@ -65,6 +65,7 @@ class TransformersSession:
                                device=backend.device)
         self.controls = RepetitionControls(sampling.repetition_penalty, sampling.no_repeat_ngram_size)
         self.banned = list(sampling.banned_ids)
+        self._banned_index: torch.Tensor | None = None      # the same ids, on the logits' device
         self.forced = 0          # how many of sampling.forced_ids were read so far
 
     def segment(self, context: list[int], max_tokens: int, history: Sequence[int],
@@ -86,11 +87,18 @@ class TransformersSession:
                 yield token
 
     def _pick(self, logits: torch.Tensor, history: Sequence[int]) -> int:
+        """The next token from one row of logits. Everything here stays on the logits' device; the only
+        wait for the GPU is the sampler reading the chosen id."""
         s = self.sampling
+        # Choose in float32 whatever the weights' dtype: temperature, top-p and the penalties in bf16
+        # would round the logits they compare (a no-op for a float32 model).
+        logits = logits.float()
         if self.controls.active:
             logits = self.controls(logits, history)
         if self.banned:
-            logits[self.banned] = float("-inf")      # never a marker
+            if self._banned_index is None or self._banned_index.device != logits.device:
+                self._banned_index = torch.tensor(self.banned, dtype=torch.long).to(logits.device, non_blocking=True)
+            logits.index_fill_(0, self._banned_index, float("-inf"))      # never a marker
         if s.vocab_size is not None and logits.shape[-1] > s.vocab_size:
             logits[s.vocab_size:] = float("-inf")    # never an id the tokenizer cannot decode
         if s.output_scores:
@@ -103,6 +111,8 @@ class TransformersSession:
         return self.sampler(logits)
 
     def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
         self.source = None
 
 

@@ -250,13 +250,27 @@ def packed_logits(model, batch: dict[str, Any], banned: Sequence[int] = (), pref
         if prefix:        # the window's positions too: (B, N) targets then (B, W) window tokens
             width = batch["prefix_labels"].shape[1]
             keep = torch.cat([keep, torch.arange(width, device=keep.device).expand(keep.shape[0], -1)], 1)
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                    attention_mask=batch["attention_mask"], logits_to_keep=keep)
-        logits = out.logits[:, :targets.shape[1]]
+        kept = rows_logits(model, keep, input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                           attention_mask=batch["attention_mask"])
+        logits = kept[:, :targets.shape[1]]
         if prefix:
-            prefix_logits = out.logits[:, targets.shape[1]:]
+            prefix_logits = kept[:, targets.shape[1]:]
     logits = mask_banned(logits.float(), banned)
     return logits, (None if prefix_logits is None else mask_banned(prefix_logits.float(), banned))
+
+
+def rows_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
+    """The logits at each row's own positions ``keep`` (B, K): ``(B, K, V)``, from one forward.
+
+    Only transformers >= 5.2x reads a 2D ``logits_to_keep`` per row; 5.17 (and older) index every row
+    with the whole tensor, logits (B, B, K, V) that look right at batch 1 and are wrong beyond. So the
+    model keeps the union of the rows' positions (a 1D tensor: every version reads it alike) and each
+    row takes its own from those.
+    """
+    union = torch.unique(keep)                                       # sorted, (U,)
+    out = model(**inputs, logits_to_keep=union)                      # (B, U, V)
+    where = torch.searchsorted(union, keep)                          # (B, K): each position's column
+    return torch.take_along_dim(out.logits, where[..., None], dim=1)
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -314,9 +328,8 @@ def _segments_logits(model, p: PackedSequence, pad_id: int, device, prefix: bool
     shared = DynamicCache()
     for layer, held in enumerate(cache.layers):
         shared.update(held.keys.expand(count, -1, -1, -1), held.values.expand(count, -1, -1, -1), layer)
-    seg = model(input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=mask[:, None].to(device),
-                use_cache=True, logits_to_keep=keep_rows.to(device), **{keyword: shared})
-    seg_logits = seg.logits                                                                   # (P, most, V)
+    seg_logits = rows_logits(model, keep_rows.to(device), input_ids=ids.to(device), position_ids=pos.to(device),
+                             attention_mask=mask[:, None].to(device), use_cache=True, **{keyword: shared})  # (P, most, V)
     # back to target order: each target's logits from the window or from its segment row
     where = {}
     for r, (_, _, predicted) in enumerate(spans):

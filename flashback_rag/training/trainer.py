@@ -276,10 +276,11 @@ def build_model(cfg: TrainConfig):
     return model, tokenizer, markers, base
 
 
-def train(cfg: TrainConfig, show_progress: bool = True):
+def train(cfg: TrainConfig, show_progress: bool = True, callbacks: list | None = None):
     """Train and write the adapter (or full model) to ``cfg.out``.
 
     Returns ``(model, tokenizer, metrics)``: the trained (PEFT) model in eval mode and the metrics.
+    ``callbacks``: ``transformers.TrainerCallback`` s handed to the Trainer (e.g. a step timer).
     """
     try:
         from transformers import TrainingArguments
@@ -329,7 +330,7 @@ def train(cfg: TrainConfig, show_progress: bool = True):
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=WindowCollator(pad) if cfg.pack else LeftPadCollator(pad),
         banned_ids=markers.as_list() if markers else [], marker_lr=cfg.marker_lr if cfg.tune == "lora" else None,
-        prefix_loss_weight=cfg.prefix_loss_weight, copy_unlikelihood=cfg.copy_unlikelihood)
+        prefix_loss_weight=cfg.prefix_loss_weight, copy_unlikelihood=cfg.copy_unlikelihood, callbacks=callbacks)
     resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics = dict(result.metrics)

@@ -169,6 +169,8 @@ ROWS: list[Row] = [
     # --- option values
     ("--device foo:bar", lambda t: GEN + ["--pattern", "none", "--device", "foo:bar", "hi"], "unknown device 'foo:bar'", ()),
     ("--dtype float99", lambda t: GEN + ["--pattern", "none", "--dtype", "float99", "hi"], "unknown dtype", ()),
+    ("--device with --device-map", lambda t: GEN + ["--pattern", "none", "--device", "cpu", "--device-map", "auto",
+                                                    "hi"], "give device or device_map, not both", ()),
     ("--temperature nan", lambda t: GEN + ["--pattern", "none", "--temperature", "nan", "hi"], "--temperature must be", ()),
     ("--temperature inf", lambda t: GEN + ["--pattern", "none", "--temperature", "inf", "hi"], "--temperature must be", ()),
     ("--top-p 0", lambda t: GEN + ["--pattern", "none", "--top-p", "0", "hi"], "--top-p must be a number in (0, 1]", ()),
