@@ -42,11 +42,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
+from harness import write_report  # noqa: E402
+
 from flashback_rag.corpus import chunk_documents  # noqa: E402
-from flashback_rag.io_utils import atomic_write_json, atomic_write_text, cache_root  # noqa: E402
+from flashback_rag.io_utils import atomic_write_json, cache_root  # noqa: E402
 from flashback_rag.python_doc_corpus import python_docs, split_three_ways  # noqa: E402
 
 REGIMES = ("related", "copy")
@@ -92,6 +95,8 @@ ROWS = [
         prefix=True),
     Row("append_before_lora_markers_prefix", "append + echo + LoRA + markers, block before, prefix loss",
         "append", True, True, echo=True, before=True, prefix=True),
+    Row("append_echo_lora_markers_prefix", "append + echo + LoRA + markers, prefix loss (block after)",
+        "append", True, True, echo=True, prefix=True),
 ]
 CONTROL, CONTROL_PREFIX, UPPER = "none_lora", "none_lora_prefix", "prepend_lora_markers"
 REFERENCES = (CONTROL, CONTROL_PREFIX, UPPER)
@@ -174,10 +179,11 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     names = ("model", "stride", "query_tokens", "doc_tokens", "chunk_tokens", "max_positions", "echo_tokens",
              "min_prefix", "train_points", "val_tokens", "steps", "batch_size", "learning_rate", "marker_lr",
-             "marker_init", "seed", "prefix_loss_weight")
+             "marker_init", "seed", "prefix_loss_weight", "keep_unchanged")
     settings = {k: getattr(args, k) for k in names}
     # (a setting at its default stays out of the key: work folders made before it existed keep their names)
-    key = hashlib.sha1(json.dumps({k: v for k, v in settings.items() if (k, v) != ("prefix_loss_weight", 1.0)},
+    key = hashlib.sha1(json.dumps({k: v for k, v in settings.items()
+                                   if (k, v) not in (("prefix_loss_weight", 1.0), ("keep_unchanged", False))},
                                   sort_keys=True).encode()).hexdigest()[:10]
     base_work = Path(args.work or cache_root() / "quality")
     work = base_work / key
@@ -229,7 +235,7 @@ def run(args) -> dict:
             adapter = work / f"adapter-{row.key}"
             cfg = TrainConfig(model=args.model, data=[str(data["train-related"]), str(data["train-copy"])],
                               out=str(adapter), pattern=row.pattern, markers=row.markers, echo_tokens=echo,
-                              block_positions=row.block_positions,
+                              block_positions=row.block_positions, keep_unchanged=args.keep_unchanged,
                               prefix_loss_weight=args.prefix_loss_weight if row.prefix else 0.0,
                               lora=LoraSettings(), learning_rate=args.learning_rate, marker_lr=args.marker_lr,
                               marker_init=args.marker_init, batch_size=args.batch_size, max_steps=args.steps,
@@ -250,7 +256,7 @@ def run(args) -> dict:
             t = time.perf_counter()
             saved[regime] = nll[regime][row.key] = window_token_nll(
                 model, tok, val[regime], row.pattern, row.markers, echo=echo, batch_size=args.eval_batch_size,
-                block_positions=row.block_positions)
+                block_positions=row.block_positions, keep_unchanged=args.keep_unchanged)
             record[f"{regime}_eval_seconds"] = round(time.perf_counter() - t, 1)
         record["seconds"] = round(time.perf_counter() - started, 1)
         torch.save(saved, tensors)
@@ -300,7 +306,8 @@ def check_reused(adapter: Path, row: Row, args) -> dict:
     if wrong:
         raise SystemExit(f"quality: {adapter} was not trained as row {row.key}: {'; '.join(wrong)}")
     return {"steps": training.get("max_steps"), "batch_size": training.get("batch_size"),
-            "copy_unlikelihood": training.get("copy_unlikelihood", 0.0)}
+            "copy_unlikelihood": training.get("copy_unlikelihood", 0.0),
+            "trained_keep_unchanged": training.get("keep_unchanged", False)}
 
 
 def log(message: str) -> None:
@@ -426,6 +433,9 @@ def main(argv=None) -> int:
     p.add_argument("--marker-init", default=None, help="default: flashback train's")
     p.add_argument("--prefix-loss-weight", type=float, default=1.0,
                    help="flashback train --prefix-loss-weight of the rows trained with the prefix loss")
+    p.add_argument("--keep-unchanged", action="store_true",
+                   help="append rows: points that find the passage in place keep its block, in training and scoring "
+                        "(decoding's default; the recorded tables re-insert every block, the paper's layout)")
     p.add_argument("--eval-batch-size", type=int, default=2)
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--echo-sweep", type=int, nargs="*", default=[4, 32],
@@ -458,11 +468,7 @@ def main(argv=None) -> int:
         args.train_points, args.val_tokens, args.steps, args.batch_size = 40, 320, 2, 2
         args.name += "_quick"
     report = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{args.name}.json", report)
-    atomic_write_text(out / f"{args.name}.md", markdown(report))
-    plot(report, out / f"{args.name}.png")
+    write_report(args.out, args.name, report, markdown, plot)
     print(json.dumps({f"{r['regime']}:{r['key']}": round(r["ppl"], 3) for r in report["rows"]}))
     return 0
 

@@ -48,9 +48,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
+from harness import sibling  # noqa: E402
 from flashback_rag.errors import FlashBackError  # noqa: E402
 from flashback_rag.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -59,16 +62,6 @@ ROWS = ("none", "prepend", "flashback", "flashback_reinsert")
 PROTOCOLS = ("free", "replay")
 
 
-def _sibling(name: str):
-    import importlib.util
-
-    key = f"flashback_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 def log(message: str) -> None:
@@ -155,7 +148,7 @@ def run(args) -> Path:
     from flashback_rag.models import base_alias, load_model
 
     torch.set_num_threads(args.threads)
-    regimes = _sibling("regimes")
+    regimes = sibling("regimes")
     demo = _demo()
     tokenizer = load_tokenizer(base_alias(args.model))
     parts, retrievers, corpus_name = regimes.eval_retrievers(tokenizer)

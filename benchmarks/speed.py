@@ -92,9 +92,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:       # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
+from harness import save_figure, sibling  # noqa: E402
 from flashback_rag import FlashBack, FlashBackConfig  # noqa: E402
 from flashback_rag.errors import FlashBackError  # noqa: E402
 from flashback_rag.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
@@ -103,20 +106,9 @@ from flashback_rag.results import GenerationStats  # noqa: E402
 from flashback_rag.retrievers import Passage  # noqa: E402
 
 
-def _sibling(name: str):
-    """benchmarks/<name>.py as a module (benchmarks/ is a folder of scripts, not a package)."""
-    import importlib.util
-
-    key = f"flashback_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
-serving = _sibling("serving")     # the vLLM half: served model, backends, request schedule, sweep
+serving = sibling("serving")     # the vLLM half: served model, backends, request schedule, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PATTERNS = ("prepend", "append", "none")
@@ -521,11 +513,7 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> bool:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(textwrap.fill(title, 100), fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return True
 
 
@@ -605,7 +593,7 @@ def merge(paths: list[Path], name: str) -> int:
 def main(argv=None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if "--real" in given:        # the real-retrieval comparison has its own flags (benchmarks/real_retrieval.py)
-        return _sibling("real_retrieval").main([a for a in given if a != "--real"])
+        return sibling("real_retrieval").main([a for a in given if a != "--real"])
     args = parse_args(argv)
     if args.merge:
         return merge(args.merge, args.name or "speed-merged")

@@ -36,7 +36,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,26 +43,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from flashback_rag.io_utils import atomic_write_json, atomic_write_text, cache_root  # noqa: E402
+from harness import save_figure, sibling, write_report  # noqa: E402
+from flashback_rag.io_utils import atomic_write_text, cache_root  # noqa: E402
 from flashback_rag.models import SHIPPED  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REFERENCE = "prepend_once"
 
 
-def _sibling(name: str):
-    import importlib.util
-
-    key = f"flashback_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 def log(message: str) -> None:
@@ -140,7 +132,7 @@ def run(args) -> dict[str, Any]:
     from flashback_rag.training.prepare import token_stream
 
     torch.set_num_threads(args.threads)
-    regimes = _sibling("regimes")
+    regimes = sibling("regimes")
     from flashback_rag import demo
 
     tokenizer = load_tokenizer(base_alias(args.model))
@@ -301,11 +293,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return True
 
 
@@ -341,11 +329,7 @@ def main(argv=None) -> int:
     if min(args.prefix) < 32 or args.windows <= 0:
         p.error("--prefix must be at least 32 tokens (the query) and --windows positive")
     report = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{args.name}.json", report)
-    atomic_write_text(out / f"{args.name}.md", markdown(report))
-    plot(report, out / f"{args.name}.png")
+    write_report(args.out, args.name, report, markdown, plot)
     print(markdown(report))
     return 0
 

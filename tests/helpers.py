@@ -37,6 +37,22 @@ TEXTS = [
 ]
 
 
+def assert_same_generation(cached, reference) -> None:
+    """A cached generation equals its reference (recomputed) run: tokens, every step's logits (fp32
+    tolerance, the same banned entries), passages, kept blocks and window slides."""
+    import torch
+
+    assert cached.token_ids == reference.token_ids
+    assert len(cached.scores) == len(reference.scores) == len(cached.token_ids)
+    for a, b in zip(cached.scores, reference.scores):
+        finite = torch.isfinite(b)
+        assert torch.equal(finite, torch.isfinite(a))
+        torch.testing.assert_close(a[finite], b[finite], rtol=1e-4, atol=1e-4)
+    assert [r.passage_ids for r in cached.retrievals] == [r.passage_ids for r in reference.retrievals]
+    assert [r.kept for r in cached.retrievals] == [r.kept for r in reference.retrievals]
+    assert [s.window_start for s in cached.slides] == [s.window_start for s in reference.slides]
+
+
 class HashRetriever:
     """retrieve(query, k): k passages chosen by crc32(query); a real Retriever, not a mock."""
 

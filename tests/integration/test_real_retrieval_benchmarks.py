@@ -20,8 +20,8 @@ def benchmarks(tmp_path_factory):
 
     real = load_benchmark("real_retrieval")
     tradeoff = load_benchmark("tradeoff")
-    regimes = real._sibling("regimes")          # the instance both scripts load
-    assert tradeoff._sibling("regimes") is regimes
+    regimes = real.sibling("regimes")          # the instance both scripts load
+    assert tradeoff.sibling("regimes") is regimes
     docs = list(pydoc_topic_documents())
     parts = {"validation": [d for d in docs if d.title in VALIDATION],
              "train": [d for d in docs if d.title in ("with", "for")],

@@ -6,8 +6,7 @@ the positions before the text, and across context-window slides.
 """
 
 import pytest
-import torch
-from helpers import ScriptedRetriever
+from helpers import ScriptedRetriever, assert_same_generation
 
 from flashback_rag import FlashBack, FlashBackConfig
 from flashback_rag.errors import ConfigError
@@ -26,15 +25,7 @@ def _both(fb, **kw):
     return cached, reference
 
 
-def _assert_same(cached, reference):
-    assert cached.token_ids == reference.token_ids
-    assert len(cached.scores) == len(reference.scores) == len(cached.token_ids)
-    for a, b in zip(cached.scores, reference.scores):
-        finite = torch.isfinite(b)
-        assert torch.equal(finite, torch.isfinite(a))
-        torch.testing.assert_close(a[finite], b[finite], rtol=1e-4, atol=1e-4)
-    assert [r.kept for r in cached.retrievals] == [r.kept for r in reference.retrievals]
-    assert [s.window_start for s in cached.slides] == [s.window_start for s in reference.slides]
+_assert_same = assert_same_generation
 
 
 def _engine(model, tokenizer, script=SCRIPT, **fields):

@@ -6,7 +6,7 @@ For every context pattern, with and without markers, on four architectures, with
 
 import pytest
 import torch
-from helpers import HashRetriever
+from helpers import HashRetriever, assert_same_generation
 
 from flashback_rag import FlashBack, FlashBackConfig
 from flashback_rag.retrievers.base import Passage
@@ -21,14 +21,7 @@ def _both(fb, **kw):
     return cached, reference
 
 
-def _assert_same(cached, reference):
-    assert cached.token_ids == reference.token_ids
-    assert len(cached.scores) == len(reference.scores) == len(cached.token_ids)
-    for a, b in zip(cached.scores, reference.scores):
-        finite = torch.isfinite(b)
-        assert torch.equal(finite, torch.isfinite(a))
-        torch.testing.assert_close(a[finite], b[finite], rtol=1e-4, atol=1e-4)
-    assert [r.passage_ids for r in cached.retrievals] == [r.passage_ids for r in reference.retrievals]
+_assert_same = assert_same_generation
 
 
 @pytest.mark.parametrize("arch", ARCHS)

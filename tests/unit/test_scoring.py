@@ -66,3 +66,24 @@ def test_score_takes_text_and_refuses_what_it_cannot_read(tiny_models):
         fb.score("The capital", [5, 10 ** 9])
     marked = fb.score("The capital", " <MARK_L> is here")          # a marker string is text, never the marker
     assert fb.markers.left not in marked.token_ids
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_text_perplexity_reads_what_the_decoding_loop_reads(tiny_models, keep):
+    """eval ppl --text with room for the whole text: every chunk's context is the text before it, so its
+    losses equal the decoding loop's (score) from the first retrieval point on, kept blocks included."""
+    from flashback_rag.training.evaluate import text_perplexity
+
+    model, tokenizer = tiny_models["llama"]
+    text = "Paris is the capital of France. " * 3 + "Rome is in Italy, on the Tiber. " * 3
+    ids = tokenizer(text, add_special_tokens=False).input_ids[:4 + STRIDE * 6]
+    cfg = FlashBackConfig(stride=STRIDE, query_tokens=8, doc_tokens=12, keep_unchanged=keep)
+    fb = FlashBack(model, tokenizer, ScriptedRetriever("AABBBA"), cfg)
+    scored = fb.score(ids[:STRIDE], ids[STRIDE:])
+    assert [r.kept for r in scored.retrievals[:6]] == [False, keep, False, keep, keep, False]
+    result = text_perplexity(model, tokenizer, tokenizer.decode(ids), ScriptedRetriever("AABBBA"), "append",
+                             stride=STRIDE, query_tokens=8, doc_tokens=12, top_k=1, max_positions=512,
+                             keep_unchanged=keep)
+    assert result["keep_unchanged"] is keep and result["tokens"] == STRIDE * 6
+    chunks = [sum(scored.token_nll[j * STRIDE:(j + 1) * STRIDE]) for j in range(6)]
+    torch.testing.assert_close(torch.tensor(result["chunk_nll"]), torch.tensor(chunks), rtol=1e-3, atol=1e-3)
