@@ -110,7 +110,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                  "merges it into a folder to serve")
         from .serving import server_parts
 
-        backend, tokenizer, recorded = server_parts(args.server, args.tokenizer, args.served_model)
+        backend, tokenizer, recorded = server_parts(args.server, args.tokenizer, args.served_model,
+                                                    timeout=args.server_timeout)
         fb = FlashBack(None, tokenizer, retriever, config_from_args(args, recorded), backend=backend)
     else:
         model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("--server", default=None, metavar="URL",
                         help="drive a running `vllm serve` (http://HOST:PORT/v1) instead of loading --model")
     served.add_argument("--served-model", default=None, help="the served model's name (default: the server's first)")
+    served.add_argument("--server-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="the longest one request to the server may take in all, however slowly its "
+                             "answer trickles in (default: %(default)s)")
     served.add_argument("--tokenizer", default=None,
                         help="the served model's tokenizer, folder or hub id (default: the folder it serves)")
     gen.set_defaults(func=_cmd_generate)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, FlashBackError
-from .io_utils import check_output_file, check_output_folder, read_text
+from .io_utils import check_apart, check_output_file, check_output_folder, read_text
 
 Rule = Callable[[Any], bool]
 

@@ -198,7 +198,9 @@ class FlashBack:
 
         ``tokenizer``: the served model's (object, folder or hub id); by default the folder the server
         loaded, when it is on this machine. Settings come from that folder's ``flashback.json`` (what
-        ``flashback export`` writes) unless ``config`` / keyword fields say otherwise.
+        ``flashback export`` writes) unless ``config`` / keyword fields say otherwise. ``timeout``: the
+        most seconds one request may take in all (a server that stalls, or trickles keep-alives, fails
+        then with one :class:`BackendError`).
         """
         from .retrievers import load_index
         from .serving import server_parts
