@@ -28,7 +28,7 @@ from typing import Any
 from .adapters import META_FILE, PEFT_CONFIG_FILE, check_adapter_folder
 from .cli_checks import positive_number
 from .errors import AdapterMismatchError, FlashBackError
-from .io_utils import atomic_directory, atomic_write_json, read_text
+from .io_utils import atomic_directory, atomic_write_json, check_apart, read_text
 
 
 def scaled_alpha(peft_config: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -45,8 +45,7 @@ def rescale_adapter(adapter: str | Path, factor: float, out: str | Path) -> Path
     if not positive_number(factor):          # the CLI's rule for --factor, for callers of this function
         raise FlashBackError(f"--factor must be a finite number above 0, got {factor!r}")
     adapter, out = Path(adapter), Path(out)
-    if out.expanduser().resolve() == adapter.expanduser().resolve():
-        raise FlashBackError(f"--out {out} is the --adapter folder itself; write the rescaled adapter elsewhere")
+    check_apart(out, "--out", [("--adapter", adapter)])      # never over, into or around the adapter read
     meta = check_adapter_folder(adapter)
     if meta["tune"] != "lora":
         raise AdapterMismatchError(f"{adapter} holds a {meta['tune']!r} model, not a LoRA adapter: only a LoRA "

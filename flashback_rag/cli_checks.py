@@ -86,7 +86,7 @@ RULES: dict[str, Rule] = {
     "stride": positive_int, "query_tokens": positive_int, "doc_tokens": positive_int, "top_k": positive_int,
     "max_context": positive_int, "max_new_tokens": non_negative_int, "temperature": non_negative_number,
     "top_p": probability, "sample_top_k": non_negative_int, "seed": seed,
-    "retrieval_timeout": positive_number, "repetition_penalty": positive_number,
+    "retrieval_timeout": positive_number, "server_timeout": positive_number, "repetition_penalty": positive_number,
     "no_repeat_ngram_size": non_negative_int, "prompt_tokens": positive_int, "prompts": positive_int,
     "pages": positive_int, "new_tokens": positive_int,
     # indexes and retrieval records
@@ -105,6 +105,19 @@ RULES: dict[str, Rule] = {
     "copy_unlikelihood": non_negative_number, "copy_min_match": positive_int,
     # rescale
     "factor": positive_number,
+}
+
+# Command -> the options naming what it reads (files or folders; names that are not paths here, such as
+# a model alias or hf:..., are skipped). No output of the command may be one of them, lie inside one
+# (an index, adapter, data or corpus folder) or hold one: a run must never destroy or pollute its inputs.
+INPUTS: dict[str, tuple[str, ...]] = {
+    "index build": ("input",),
+    "retrieve": ("input", "index", "forbidden_titles", "tokenizer", "embedder"),
+    "prepare": ("input", "validation_input", "index", "forbidden_titles", "model"),
+    "train": ("data", "model", "deepspeed"),
+    "eval ppl": ("model", "adapter", "data", "text", "index", "forbidden_titles", "compare"),
+    "export": ("model", "adapter"),
+    "rescale": ("adapter",),
 }
 
 # The few options whose flag is not simply --dest-with-dashes.
@@ -225,18 +238,24 @@ def _check_inputs(args: argparse.Namespace, command: str) -> None:
         check_lora_targets(args.model, args.lora_targets)
 
 
+def _inputs(args: argparse.Namespace, command: str) -> list[tuple[str, Any]]:
+    pairs = []
+    for dest in INPUTS.get(command, ()):
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, list) else [value]:
+            pairs.append((flag(dest), item))
+    return pairs
+
+
 def _check_outputs(args: argparse.Namespace, command: str) -> None:
-    source, out = getattr(args, "input", None), getattr(args, "out", None)
-    if out and source and command == "index build" and not str(source).startswith("hf:"):
-        if Path(out).expanduser().resolve() == Path(source).expanduser().resolve():
-            raise FlashBackError(f"--out {out} is the --input folder itself; write the index elsewhere")
     for dest, kind, owner in OUTPUTS.get(command, []):
         value = getattr(args, dest, None)
         if value is None:
             continue
         if kind == "file":
             check_output_file(value, flag(dest))
-        else:
+        check_apart(value, flag(dest), _inputs(args, command))
+        if kind == "folder":
             if command == "train":
                 from .training.output import resumable_owner
 

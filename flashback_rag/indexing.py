@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .corpus import chunk_documents, read_documents
 from .errors import ConfigError, EmptyCorpusError, FlashBackError
+from .io_utils import check_apart
 from .retrievers.index_folder import read_manifest
 from .retrievers.registry import get_backend
 
@@ -71,6 +72,7 @@ def build_index(source: str | Path, out: str | Path, backend: str = "bm25", chun
     """
     if not str(source).startswith("hf:") and not Path(source).expanduser().exists():
         raise FlashBackError(f"no such file or folder: {source}")
+    check_apart(out, "--out", [("--input", source)])     # an index never replaces or lands in its corpus
     backend_class = get_backend(backend)
     unknown = sorted(set(options) - backend_options(backend_class))
     if unknown:

@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -107,6 +107,44 @@ def check_output_file(path: str | Path, what: str = "output") -> Path:
         raise FlashBackError(f"{what} {path} is a folder; give the path of a file to write")
     _check_parent(path, what)
     return path
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)          # a hard link or a second mount of the same file
+    except OSError:
+        return False
+
+
+def check_apart(output: str | Path, what: str, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+    """Refuse an output that would destroy or pollute what the same command reads.
+
+    ``inputs``: ``(name, path)`` pairs (paths that do not exist, ``None`` and ``hf:`` names are not
+    files and are skipped). The output may not be one of them, lie inside one of them (a folder that
+    is read: an index, an adapter, a corpus) nor hold one (an output folder is replaced whole).
+
+    >>> check_apart("idx/manifest.json", "--output", [("--index", "/")])
+    Traceback (most recent call last):
+    ...
+    flashback_rag.errors.FlashBackError: --output idx/manifest.json is inside the --index folder /; write it elsewhere (a command never writes into a folder it reads)
+    """
+    out = Path(output).expanduser().resolve()
+    for name, value in inputs:
+        if value is None or str(value).startswith("hf:") or not Path(value).expanduser().exists():
+            continue
+        source = Path(value).expanduser().resolve()
+        kind = "folder" if source.is_dir() else "file"
+        if _same_path(out, source):
+            raise FlashBackError(f"{what} {output} is the {name} {kind} itself; write the output elsewhere "
+                                 "(a command never writes over what it reads)")
+        if source.is_dir() and source in out.parents:
+            raise FlashBackError(f"{what} {output} is inside the {name} folder {value}; write it elsewhere "
+                                 "(a command never writes into a folder it reads)")
+        if out in source.parents:
+            raise FlashBackError(f"{what} {output} holds the {name} {kind} {value}, which writing it would "
+                                 "replace; write it elsewhere")
 
 
 def check_output_folder(path: str | Path, what: str = "output", owner_file: str | None = None) -> Path:
