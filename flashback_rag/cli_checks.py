@@ -69,6 +69,21 @@ def steps_or_minus_one(value: Any) -> bool:   # -1 = "not set" (train --max-step
     return _integer(value) and (value > 0 or value == -1)
 
 
+def seconds(value: Any) -> bool:           # a wait Python's threads and sockets can take
+    from .config import MAX_WAIT
+
+    return _number(value) and 0 < value <= MAX_WAIT
+
+
+def scale_factor(value: Any) -> bool:      # rescale: the LoRA update times it
+    return _number(value) and 0 < value <= MAX_SCALE
+
+
+# Past this factor a rescaled LoRA update swamps the base weights it is added to (the model only emits
+# noise) and overflows half-precision weights; float32 ones follow soon after.
+MAX_SCALE = 1000.0
+
+
 def seed(value: Any) -> bool:              # what torch.Generator.manual_seed takes
     return _integer(value) and -(2 ** 63) <= value < 2 ** 64
 
@@ -78,6 +93,8 @@ _WORDS: dict[Rule, str] = {
     positive_number: "a finite number > 0", non_negative_number: "a finite number >= 0",
     fraction: "a number in [0, 1]", open_fraction: "a number in [0, 1)", probability: "a number in (0, 1]",
     steps_or_minus_one: "a positive integer (or -1: not set)", seed: "an integer in [-2**63, 2**64)",
+    seconds: "a number of seconds in (0, 9223372036] (the longest wait Python's threads and sockets take)",
+    scale_factor: f"a number in (0, {MAX_SCALE:g}] (a larger factor swamps the base weights and overflows them)",
 }
 
 # Option dest -> rule. None values (an option left out) are never checked.
@@ -86,7 +103,7 @@ RULES: dict[str, Rule] = {
     "stride": positive_int, "query_tokens": positive_int, "doc_tokens": positive_int, "top_k": positive_int,
     "max_context": positive_int, "max_new_tokens": non_negative_int, "temperature": non_negative_number,
     "top_p": probability, "sample_top_k": non_negative_int, "seed": seed,
-    "retrieval_timeout": positive_number, "server_timeout": positive_number, "repetition_penalty": positive_number,
+    "retrieval_timeout": seconds, "server_timeout": seconds, "repetition_penalty": positive_number,
     "no_repeat_ngram_size": non_negative_int, "prompt_tokens": positive_int, "prompts": positive_int,
     "pages": positive_int, "new_tokens": positive_int,
     # indexes and retrieval records
@@ -104,7 +121,7 @@ RULES: dict[str, Rule] = {
     "min_prefix": positive_int, "prefix_loss_weight": non_negative_number,
     "copy_unlikelihood": non_negative_number, "copy_min_match": positive_int,
     # rescale
-    "factor": positive_number,
+    "factor": scale_factor,
 }
 
 # Command -> the options naming what it reads (files or folders; names that are not paths here, such as
@@ -232,10 +249,13 @@ def _check_inputs(args: argparse.Namespace, command: str) -> None:
             else:
                 splits, limit = [args.split], args.max_examples
             check_prepared_folder(folder, splits, what="--data", vocab=vocab, limit=limit)
-    if command == "train" and getattr(args, "lora_targets", None) and getattr(args, "tune", "lora") == "lora":
-        from .training.validation import check_lora_targets
+    if command == "train" and getattr(args, "tune", "lora") == "lora":
+        from .training.validation import check_lora_rank, check_lora_targets, model_config
 
-        check_lora_targets(args.model, args.lora_targets)
+        if getattr(args, "lora_r", None) is not None:
+            check_lora_rank(args.lora_r, model_config(args.model), args.model)
+        if getattr(args, "lora_targets", None):
+            check_lora_targets(args.model, args.lora_targets)
 
 
 def _inputs(args: argparse.Namespace, command: str) -> list[tuple[str, Any]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ BLOCK_POSITIONS = ("after", "before")
 RETRIEVE = ("periodic", "once")
 MARK_L = "<MARK_L>"
 MARK_R = "<MARK_R>"
+# The longest wait, in seconds, that Python's threads (threading.TIMEOUT_MAX) and sockets accept: a
+# timeout above it fails every wait with OverflowError, so every setting in seconds is checked against it.
+MAX_WAIT = float(threading.TIMEOUT_MAX)
 
 
 @dataclass
@@ -122,6 +126,9 @@ class FlashBackConfig:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not math.isfinite(timeout) or timeout <= 0):
             raise ConfigError(f"retrieval_timeout must be a positive number of seconds (or None), got {timeout!r}")
+        if timeout is not None and timeout > MAX_WAIT:
+            raise ConfigError(f"retrieval_timeout must be at most {MAX_WAIT:.0f} seconds, the longest wait Python's "
+                              f"threads can take (None: no limit), got {timeout!r}")
 
     @property
     def retrieves(self) -> bool:

@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..config import MAX_WAIT
 from ..errors import BackendError, ConfigError
 from ..results import GenerationResult
 from .base import SamplingSettings
@@ -57,6 +58,9 @@ def check_timeout(timeout: Any) -> float:
             or timeout <= 0:
         raise ConfigError(f"timeout must be a positive number of seconds (the longest one request to the vLLM "
                           f"server may take), got {timeout!r}")
+    if timeout > MAX_WAIT:
+        raise ConfigError(f"timeout must be at most {MAX_WAIT:.0f} seconds, the longest wait Python's sockets "
+                          f"and threads can take, got {timeout!r}")
     return float(timeout)
 
 

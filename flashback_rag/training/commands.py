@@ -104,6 +104,11 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
         raise FlashBackError(f"--block-positions before gives the block positions below 0, which a "
                              f"{model.config.model_type} model (learned absolute positions) cannot read")
     if args.data:
+        from .validation import check_positions, read_prepared_record
+
+        check_positions(read_prepared_record(args.data)["config"].get("max_positions"), model,
+                        f"the data in {args.data} (prepare --max-positions)",
+                        "prepare it again with --max-positions {limit} or less")
         split = Path(args.data) / args.split
         if args.multi == "concat" and args.pack is not False and (split / "windows").is_dir():
             records = read_prepared_windows(split, args.max_examples)

@@ -241,6 +241,10 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
     tokens = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
+    if max_positions is not None:
+        from .validation import check_positions
+
+        check_positions(max_positions, model, "the context (max_positions)", "give {limit} or less")
     limit = max_positions or model_max_positions(model) or 1024
     echo = echo if pattern == "append" else 0
     points = list(range(stride, len(tokens) - stride + 1, stride))

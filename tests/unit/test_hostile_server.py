@@ -358,18 +358,18 @@ def test_bad_server_urls(url, message, capsys):
     assert err.startswith("flashback: error:") and message in err and len(err.splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "5", True, None])
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "5", True, None, 1e300])
 def test_from_server_timeout_is_validated(timeout):
-    with pytest.raises(ConfigError, match="timeout must be a positive number of seconds"):
+    with pytest.raises(ConfigError, match="timeout must be (a positive number|at most)"):
         FlashBack.from_server("http://127.0.0.1:9/v1", tokenizer="unused", pattern="none", timeout=timeout)
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "nan", "inf"])
+@pytest.mark.parametrize("value", ["0", "-2", "nan", "inf", "1e300"])
 def test_server_timeout_flag_is_validated(value, capsys):
     assert main(["generate", "--server", "http://127.0.0.1:9/v1", "--server-timeout", value, "--pattern", "none",
                  "hi"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("flashback: error: --server-timeout must be a finite number > 0"), err
+    assert err.startswith("flashback: error: --server-timeout must be a number of seconds in (0, "), err
 
 
 def test_unreachable_server_names_itself(capsys):
