@@ -274,7 +274,9 @@ def _check_outputs(args: argparse.Namespace, command: str) -> None:
             continue
         if kind == "file":
             check_output_file(value, flag(dest))
-        check_apart(value, flag(dest), _inputs(args, command))
+        # an index may sit inside its corpus folder: the corpus reader skips index folders
+        check_apart(value, flag(dest), _inputs(args, command),
+                    may_hold={"--input"} if command == "index build" else ())
         if kind == "folder":
             if command == "train":
                 from .training.output import resumable_owner

@@ -72,7 +72,8 @@ def build_index(source: str | Path, out: str | Path, backend: str = "bm25", chun
     """
     if not str(source).startswith("hf:") and not Path(source).expanduser().exists():
         raise FlashBackError(f"no such file or folder: {source}")
-    check_apart(out, "--out", [("--input", source)])     # an index never replaces or lands in its corpus
+    # an index never replaces its corpus (inside its folder it may sit: the corpus reader skips it)
+    check_apart(out, "--out", [("--input", source)], may_hold={"--input"})
     backend_class = get_backend(backend)
     unknown = sorted(set(options) - backend_options(backend_class))
     if unknown:

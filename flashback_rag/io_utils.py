@@ -118,12 +118,15 @@ def _same_path(a: Path, b: Path) -> bool:
         return False
 
 
-def check_apart(output: str | Path, what: str, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+def check_apart(output: str | Path, what: str, inputs: Iterable[tuple[str, str | Path | None]],
+                may_hold: Iterable[str] = ()) -> None:
     """Refuse an output that would destroy or pollute what the same command reads.
 
     ``inputs``: ``(name, path)`` pairs (paths that do not exist, ``None`` and ``hf:`` names are not
     files and are skipped). The output may not be one of them, lie inside one of them (a folder that
     is read: an index, an adapter, a corpus) nor hold one (an output folder is replaced whole).
+    ``may_hold``: names of input folders the output may lie inside (an index inside its corpus folder:
+    the corpus reader skips index folders).
 
     >>> check_apart("idx/manifest.json", "--output", [("--index", "/")])
     Traceback (most recent call last):
@@ -131,6 +134,7 @@ def check_apart(output: str | Path, what: str, inputs: Iterable[tuple[str, str |
     flashback_rag.errors.FlashBackError: --output idx/manifest.json is inside the --index folder /; write it elsewhere (a command never writes into a folder it reads)
     """
     out = Path(output).expanduser().resolve()
+    may_hold = set(may_hold)
     for name, value in inputs:
         if value is None or str(value).startswith("hf:") or not Path(value).expanduser().exists():
             continue
@@ -139,7 +143,7 @@ def check_apart(output: str | Path, what: str, inputs: Iterable[tuple[str, str |
         if _same_path(out, source):
             raise FlashBackError(f"{what} {output} is the {name} {kind} itself; write the output elsewhere "
                                  "(a command never writes over what it reads)")
-        if source.is_dir() and source in out.parents:
+        if source.is_dir() and source in out.parents and name not in may_hold:
             raise FlashBackError(f"{what} {output} is inside the {name} folder {value}; write it elsewhere "
                                  "(a command never writes into a folder it reads)")
         if out in source.parents:
