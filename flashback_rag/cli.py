@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from .config import PATTERNS, RETRIEVE, FlashBackConfig
 from .errors import FlashBackError, os_error_message
-from .io_utils import read_stdin
+from .io_utils import dumps_json, read_stdin
 
 # Modules that add sub-commands: each defines add_commands(subparsers) -> None.
 COMMAND_MODULES: list[str] = [
@@ -132,7 +132,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if not args.json:
             print(result.text)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(dumps_json(result.to_dict(), indent=2))
     else:
         s = result.stats
         print(f"[{s.generated_tokens} tokens in {s.total_seconds:.2f}s, {s.tokens_per_second:.1f} tok/s; "

@@ -215,8 +215,31 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every float JSON cannot hold (NaN, inf) as None: Python would write ``NaN`` and
+    ``Infinity``, which strict JSON readers (jq, browsers, other languages) refuse.
+
+    >>> json.dumps(finite_json({"ratio": float("nan"), "ci": [1.0, float("inf")]}), allow_nan=False)
+    '{"ratio": null, "ci": [1.0, null]}'
+    """
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps_json(data: Any, **options: Any) -> str:
+    """Strict JSON text of ``data`` (non-finite floats as null)."""
+    return json.dumps(finite_json(data), allow_nan=False, **options)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, dumps_json(data, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- atomic folders

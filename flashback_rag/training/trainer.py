@@ -334,8 +334,16 @@ def train(cfg: TrainConfig, show_progress: bool = True, callbacks: list | None =
         data_collator=WindowCollator(pad) if cfg.pack else LeftPadCollator(pad),
         banned_ids=markers.as_list() if markers else [], marker_lr=cfg.marker_lr if cfg.tune == "lora" else None,
         prefix_loss_weight=cfg.prefix_loss_weight, copy_unlikelihood=cfg.copy_unlikelihood, callbacks=callbacks)
-    resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    resume = None
+    if cfg.resume:
+        # the newest complete checkpoint: a half-written newer one (a full disk, a kill) is skipped
+        from .checkpoints import checkpoints, resume_point
+
+        had = bool(checkpoints(out / "checkpoints"))
+        resume = resume_point(out / "checkpoints", need_optimizer=not cfg.deepspeed)
+        if resume is None and had:
+            log.warning("--resume: no checkpoint is complete; training from the start")
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     check_finite(trainer.model, cfg)
     metrics = dict(result.metrics)
     if eval_set is not None:
