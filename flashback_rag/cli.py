@@ -18,15 +18,17 @@ Other command groups (training, retrieval records, ...) live in their own module
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from .config import PATTERNS, RETRIEVE, FlashBackConfig
 from .errors import FlashBackError, os_error_message
-from .io_utils import dumps_json, read_stdin
+from .io_utils import dumps_json, holding, read_stdin
 
 # Modules that add sub-commands: each defines add_commands(subparsers) -> None.
 COMMAND_MODULES: list[str] = [
@@ -246,10 +248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("transformers", "bm25s", "sentence_transformers", "httpx", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        from .cli_checks import check_arguments
+        from .cli_checks import check_arguments, output_paths
 
         check_arguments(args)                 # values, inputs, outputs: before any long work
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as held:
+            # Each output's write lock for the whole run, not only while saving: a second run to the same
+            # output is refused at its start. (Under torchrun every rank runs the command: rank 0 writes.)
+            if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+                for path in output_paths(args):
+                    held.enter_context(holding(path))
+            return int(args.func(args) or 0)
     except FlashBackError as err:
         return _fail(str(err))
     except OSError as err:                    # a full disk, a read-only folder...: the user's to fix

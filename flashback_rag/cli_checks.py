@@ -285,6 +285,13 @@ def _check_outputs(args: argparse.Namespace, command: str) -> None:
             check_output_folder(value, flag(dest), owner)
 
 
+def output_paths(args: argparse.Namespace) -> list[Path]:
+    """The outputs a command writes (``OUTPUTS``), which it holds the write lock of for its whole run."""
+    command = command_name(args)
+    return [Path(getattr(args, dest)).expanduser() for dest, _, _ in OUTPUTS.get(command, [])
+            if getattr(args, dest, None) is not None]
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Every check that needs no model and no long work: values, input files, output paths."""
     command = command_name(args)
