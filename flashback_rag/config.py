@@ -16,6 +16,7 @@ exact settings they were made with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import threading
@@ -166,6 +167,8 @@ class FlashBackConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FlashBackConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"FlashBackConfig fields must come as a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -199,6 +202,25 @@ class FlashBackConfig:
         from .io_utils import read_text
 
         return cls.from_json(read_text(path, "FlashBack config"))
+
+
+def _named_fields_only(init):
+    """The dataclass ``__init__``, with one ConfigError for a field that does not exist (a typo such as
+    ``FlashBackConfig(strid=8)`` or ``.replace(bogus=1)``) instead of Python's TypeError."""
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = [f.name for f in dataclasses.fields(FlashBackConfig)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown FlashBackConfig field(s): {', '.join(unknown)} (the fields: {', '.join(names)})")
+        if len(args) > len(names):
+            raise ConfigError(f"FlashBackConfig has {len(names)} fields, got {len(args)} values by position; "
+                              "give them by name")
+        init(self, *args, **kwargs)
+    return __init__
+
+
+FlashBackConfig.__init__ = _named_fields_only(FlashBackConfig.__init__)
 
 
 def config_fields() -> list[str]:

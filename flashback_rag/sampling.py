@@ -29,11 +29,11 @@ class Sampler:
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  seed: int | None = None, device: torch.device | str = "cpu") -> None:
         if not _finite(temperature) or temperature < 0:
-            raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
+            raise ConfigError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if not _finite(top_p) or not 0 < top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0, got {top_k}")
+            raise ConfigError(f"top_k must be an integer >= 0, got {top_k!r}")
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.greedy = temperature == 0
         self.seed = seed
@@ -97,10 +97,10 @@ class RepetitionControls:
 
     def __init__(self, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> None:
         if not _finite(repetition_penalty) or repetition_penalty <= 0:
-            raise ConfigError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty}")
+            raise ConfigError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}")
         if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) \
                 or no_repeat_ngram_size < 0:
-            raise ConfigError(f"no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size}")
+            raise ConfigError(f"no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size!r}")
         self.penalty, self.n = float(repetition_penalty), no_repeat_ngram_size
         self.active = self.penalty != 1.0 or self.n > 0
         self._seen: set[int] = set()
