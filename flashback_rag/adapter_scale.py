@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import META_FILE, PEFT_CONFIG_FILE, check_adapter_folder
-from .cli_checks import positive_number
+from .cli_checks import MAX_SCALE, scale_factor
 from .errors import AdapterMismatchError, FlashBackError
-from .io_utils import atomic_directory, atomic_write_json, read_text
+from .io_utils import atomic_directory, atomic_write_json, check_apart, read_text
 
 
 def scaled_alpha(peft_config: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -42,11 +42,11 @@ def scaled_alpha(peft_config: dict[str, Any], factor: float) -> dict[str, Any]:
 
 def rescale_adapter(adapter: str | Path, factor: float, out: str | Path) -> Path:
     """Write ``out``: the LoRA adapter at ``adapter`` with its update multiplied by ``factor`` (> 0)."""
-    if not positive_number(factor):          # the CLI's rule for --factor, for callers of this function
-        raise FlashBackError(f"--factor must be a finite number above 0, got {factor!r}")
+    if not scale_factor(factor):             # the CLI's rule for --factor, for callers of this function
+        raise FlashBackError(f"--factor must be a number in (0, {MAX_SCALE:g}] (a larger factor swamps the base "
+                             f"weights and overflows them), got {factor!r}")
     adapter, out = Path(adapter), Path(out)
-    if out.expanduser().resolve() == adapter.expanduser().resolve():
-        raise FlashBackError(f"--out {out} is the --adapter folder itself; write the rescaled adapter elsewhere")
+    check_apart(out, "--out", [("--adapter", adapter)])      # never over, into or around the adapter read
     meta = check_adapter_folder(adapter)
     if meta["tune"] != "lora":
         raise AdapterMismatchError(f"{adapter} holds a {meta['tune']!r} model, not a LoRA adapter: only a LoRA "
@@ -60,6 +60,9 @@ def rescale_adapter(adapter: str | Path, factor: float, out: str | Path) -> Path
                                    "lora_alpha")
     before = meta.get("rescaled") or {}
     total = float(before.get("factor", 1.0)) * factor
+    if not scale_factor(total):
+        raise FlashBackError(f"{adapter} is already rescaled by {before.get('factor')!r}: times {factor:g} makes "
+                             f"{total:g}, outside (0, {MAX_SCALE:g}] (the update would swamp the base weights)")
     record = {"factor": total, "trained_lora_alpha": before.get("trained_lora_alpha", peft_config["lora_alpha"]),
               "from": before.get("from", str(adapter))}
     with atomic_directory(out, owner_file=META_FILE) as tmp:

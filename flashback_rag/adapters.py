@@ -30,7 +30,7 @@ import hashlib
 
 from .config import MARK_L, MARK_R, FlashBackConfig
 from .errors import AdapterMismatchError, MissingDependencyError
-from .io_utils import atomic_directory, atomic_write_json
+from .io_utils import atomic_directory, atomic_write_json, check_apart
 
 META_FILE = "flashback.json"
 FORMAT = "flashback-adapter"
@@ -238,6 +238,8 @@ def export_merged(base: str, adapter: str | Path | None, out: str | Path, device
     """
     from .models import add_marker_tokens, load_model
 
+    # the folders read (a local base model, the adapter) are never written over, into or around
+    check_apart(out, "--out", [("--model", base), ("--adapter", adapter)])
     model, tokenizer = load_model(base, device=device, adapter=adapter)
     settings = config or getattr(model, "flashback_config", None)     # an adapter's or shipped model's
     meta = dict(read_meta(adapter)) if adapter is not None else {}

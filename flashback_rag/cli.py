@@ -18,15 +18,17 @@ Other command groups (training, retrieval records, ...) live in their own module
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from .config import PATTERNS, RETRIEVE, FlashBackConfig
 from .errors import FlashBackError, os_error_message
-from .io_utils import read_stdin
+from .io_utils import dumps_json, holding, read_stdin
 
 # Modules that add sub-commands: each defines add_commands(subparsers) -> None.
 COMMAND_MODULES: list[str] = [
@@ -110,7 +112,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                  "merges it into a folder to serve")
         from .serving import server_parts
 
-        backend, tokenizer, recorded = server_parts(args.server, args.tokenizer, args.served_model)
+        backend, tokenizer, recorded = server_parts(args.server, args.tokenizer, args.served_model,
+                                                    timeout=args.server_timeout)
         fb = FlashBack(None, tokenizer, retriever, config_from_args(args, recorded), backend=backend)
     else:
         model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
@@ -131,7 +134,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if not args.json:
             print(result.text)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(dumps_json(result.to_dict(), indent=2))
     else:
         s = result.stats
         print(f"[{s.generated_tokens} tokens in {s.total_seconds:.2f}s, {s.tokens_per_second:.1f} tok/s; "
@@ -197,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("--server", default=None, metavar="URL",
                         help="drive a running `vllm serve` (http://HOST:PORT/v1) instead of loading --model")
     served.add_argument("--served-model", default=None, help="the served model's name (default: the server's first)")
+    served.add_argument("--server-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="the longest one request to the server may take in all, however slowly its "
+                             "answer trickles in (default: %(default)s)")
     served.add_argument("--tokenizer", default=None,
                         help="the served model's tokenizer, folder or hub id (default: the folder it serves)")
     gen.set_defaults(func=_cmd_generate)
@@ -242,10 +248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("transformers", "bm25s", "sentence_transformers", "httpx", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        from .cli_checks import check_arguments
+        from .cli_checks import check_arguments, output_paths
 
         check_arguments(args)                 # values, inputs, outputs: before any long work
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as held:
+            # Each output's write lock for the whole run, not only while saving: a second run to the same
+            # output is refused at its start. (Under torchrun every rank runs the command: rank 0 writes.)
+            if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+                for path in output_paths(args):
+                    held.enter_context(holding(path))
+            return int(args.func(args) or 0)
     except FlashBackError as err:
         return _fail(str(err))
     except OSError as err:                    # a full disk, a read-only folder...: the user's to fix

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, FlashBackError
-from .io_utils import check_output_file, check_output_folder, read_text
+from .io_utils import check_apart, check_output_file, check_output_folder, read_text
 
 Rule = Callable[[Any], bool]
 
@@ -69,6 +69,21 @@ def steps_or_minus_one(value: Any) -> bool:   # -1 = "not set" (train --max-step
     return _integer(value) and (value > 0 or value == -1)
 
 
+def seconds(value: Any) -> bool:           # a wait Python's threads and sockets can take
+    from .config import MAX_WAIT
+
+    return _number(value) and 0 < value <= MAX_WAIT
+
+
+def scale_factor(value: Any) -> bool:      # rescale: the LoRA update times it
+    return _number(value) and 0 < value <= MAX_SCALE
+
+
+# Past this factor a rescaled LoRA update swamps the base weights it is added to (the model only emits
+# noise) and overflows half-precision weights; float32 ones follow soon after.
+MAX_SCALE = 1000.0
+
+
 def seed(value: Any) -> bool:              # what torch.Generator.manual_seed takes
     return _integer(value) and -(2 ** 63) <= value < 2 ** 64
 
@@ -78,6 +93,8 @@ _WORDS: dict[Rule, str] = {
     positive_number: "a finite number > 0", non_negative_number: "a finite number >= 0",
     fraction: "a number in [0, 1]", open_fraction: "a number in [0, 1)", probability: "a number in (0, 1]",
     steps_or_minus_one: "a positive integer (or -1: not set)", seed: "an integer in [-2**63, 2**64)",
+    seconds: "a number of seconds in (0, 9223372036] (the longest wait Python's threads and sockets take)",
+    scale_factor: f"a number in (0, {MAX_SCALE:g}] (a larger factor swamps the base weights and overflows them)",
 }
 
 # Option dest -> rule. None values (an option left out) are never checked.
@@ -86,7 +103,7 @@ RULES: dict[str, Rule] = {
     "stride": positive_int, "query_tokens": positive_int, "doc_tokens": positive_int, "top_k": positive_int,
     "max_context": positive_int, "max_new_tokens": non_negative_int, "temperature": non_negative_number,
     "top_p": probability, "sample_top_k": non_negative_int, "seed": seed,
-    "retrieval_timeout": positive_number, "repetition_penalty": positive_number,
+    "retrieval_timeout": seconds, "server_timeout": seconds, "repetition_penalty": positive_number,
     "no_repeat_ngram_size": non_negative_int, "prompt_tokens": positive_int, "prompts": positive_int,
     "pages": positive_int, "new_tokens": positive_int,
     # indexes and retrieval records
@@ -104,7 +121,20 @@ RULES: dict[str, Rule] = {
     "min_prefix": positive_int, "prefix_loss_weight": non_negative_number,
     "copy_unlikelihood": non_negative_number, "copy_min_match": positive_int,
     # rescale
-    "factor": positive_number,
+    "factor": scale_factor,
+}
+
+# Command -> the options naming what it reads (files or folders; names that are not paths here, such as
+# a model alias or hf:..., are skipped). No output of the command may be one of them, lie inside one
+# (an index, adapter, data or corpus folder) or hold one: a run must never destroy or pollute its inputs.
+INPUTS: dict[str, tuple[str, ...]] = {
+    "index build": ("input",),
+    "retrieve": ("input", "index", "forbidden_titles", "tokenizer", "embedder"),
+    "prepare": ("input", "validation_input", "index", "forbidden_titles", "model"),
+    "train": ("data", "model", "deepspeed"),
+    "eval ppl": ("model", "adapter", "data", "text", "index", "forbidden_titles", "compare"),
+    "export": ("model", "adapter"),
+    "rescale": ("adapter",),
 }
 
 # The few options whose flag is not simply --dest-with-dashes.
@@ -219,29 +249,47 @@ def _check_inputs(args: argparse.Namespace, command: str) -> None:
             else:
                 splits, limit = [args.split], args.max_examples
             check_prepared_folder(folder, splits, what="--data", vocab=vocab, limit=limit)
-    if command == "train" and getattr(args, "lora_targets", None) and getattr(args, "tune", "lora") == "lora":
-        from .training.validation import check_lora_targets
+    if command == "train" and getattr(args, "tune", "lora") == "lora":
+        from .training.validation import check_lora_rank, check_lora_targets, model_config
 
-        check_lora_targets(args.model, args.lora_targets)
+        if getattr(args, "lora_r", None) is not None:
+            check_lora_rank(args.lora_r, model_config(args.model), args.model)
+        if getattr(args, "lora_targets", None):
+            check_lora_targets(args.model, args.lora_targets)
+
+
+def _inputs(args: argparse.Namespace, command: str) -> list[tuple[str, Any]]:
+    pairs = []
+    for dest in INPUTS.get(command, ()):
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, list) else [value]:
+            pairs.append((flag(dest), item))
+    return pairs
 
 
 def _check_outputs(args: argparse.Namespace, command: str) -> None:
-    source, out = getattr(args, "input", None), getattr(args, "out", None)
-    if out and source and command == "index build" and not str(source).startswith("hf:"):
-        if Path(out).expanduser().resolve() == Path(source).expanduser().resolve():
-            raise FlashBackError(f"--out {out} is the --input folder itself; write the index elsewhere")
     for dest, kind, owner in OUTPUTS.get(command, []):
         value = getattr(args, dest, None)
         if value is None:
             continue
         if kind == "file":
             check_output_file(value, flag(dest))
-        else:
+        # an index may sit inside its corpus folder: the corpus reader skips index folders
+        check_apart(value, flag(dest), _inputs(args, command),
+                    may_hold={"--input"} if command == "index build" else ())
+        if kind == "folder":
             if command == "train":
                 from .training.output import resumable_owner
 
                 owner = resumable_owner(Path(value).expanduser(), bool(getattr(args, "resume", False)))
             check_output_folder(value, flag(dest), owner)
+
+
+def output_paths(args: argparse.Namespace) -> list[Path]:
+    """The outputs a command writes (``OUTPUTS``), which it holds the write lock of for its whole run."""
+    command = command_name(args)
+    return [Path(getattr(args, dest)).expanduser() for dest, _, _ in OUTPUTS.get(command, [])
+            if getattr(args, dest, None) is not None]
 
 
 def check_arguments(args: argparse.Namespace) -> None:

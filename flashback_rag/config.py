@@ -16,8 +16,10 @@ exact settings they were made with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,9 @@ BLOCK_POSITIONS = ("after", "before")
 RETRIEVE = ("periodic", "once")
 MARK_L = "<MARK_L>"
 MARK_R = "<MARK_R>"
+# The longest wait, in seconds, that Python's threads (threading.TIMEOUT_MAX) and sockets accept: a
+# timeout above it fails every wait with OverflowError, so every setting in seconds is checked against it.
+MAX_WAIT = float(threading.TIMEOUT_MAX)
 
 
 @dataclass
@@ -122,6 +127,9 @@ class FlashBackConfig:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not math.isfinite(timeout) or timeout <= 0):
             raise ConfigError(f"retrieval_timeout must be a positive number of seconds (or None), got {timeout!r}")
+        if timeout is not None and timeout > MAX_WAIT:
+            raise ConfigError(f"retrieval_timeout must be at most {MAX_WAIT:.0f} seconds, the longest wait Python's "
+                              f"threads can take (None: no limit), got {timeout!r}")
 
     @property
     def retrieves(self) -> bool:
@@ -159,6 +167,8 @@ class FlashBackConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FlashBackConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"FlashBackConfig fields must come as a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -192,6 +202,25 @@ class FlashBackConfig:
         from .io_utils import read_text
 
         return cls.from_json(read_text(path, "FlashBack config"))
+
+
+def _named_fields_only(init):
+    """The dataclass ``__init__``, with one ConfigError for a field that does not exist (a typo such as
+    ``FlashBackConfig(strid=8)`` or ``.replace(bogus=1)``) instead of Python's TypeError."""
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = [f.name for f in dataclasses.fields(FlashBackConfig)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown FlashBackConfig field(s): {', '.join(unknown)} (the fields: {', '.join(names)})")
+        if len(args) > len(names):
+            raise ConfigError(f"FlashBackConfig has {len(names)} fields, got {len(args)} values by position; "
+                              "give them by name")
+        init(self, *args, **kwargs)
+    return __init__
+
+
+FlashBackConfig.__init__ = _named_fields_only(FlashBackConfig.__init__)
 
 
 def config_fields() -> list[str]:

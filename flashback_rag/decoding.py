@@ -27,7 +27,6 @@ The loop, for every generated token (read :meth:`FlashBack._decode` top to botto
 from __future__ import annotations
 
 import contextvars
-import itertools
 import logging
 import re
 import threading
@@ -38,6 +37,8 @@ from typing import Any
 
 import torch
 
+from .api_checks import (as_passage, check_seed, engine_backend, engine_config, engine_retriever,  # noqa: F401
+                         prompt_list, prompt_token_ids, retrieved, stop_strings)
 from .config import FlashBackConfig
 from .backends import Backend, SamplingSettings, TransformersBackend
 from .errors import BackendError, ConfigError, RetrievalError
@@ -54,18 +55,6 @@ log = logging.getLogger(__name__)
 # several threads, as the LlamaIndex / LangChain integrations allow) can get each other's setting and
 # wrong ids. Encoding is cheap, so every encode in the engine takes this one lock.
 _ENCODE_LOCK = threading.Lock()
-
-
-def as_passage(item: Any, rank: int) -> Passage:
-    """Accept what user retrievers commonly return: Passage, a string, or a dict with text/contents."""
-    if isinstance(item, Passage):
-        return item
-    if isinstance(item, str):
-        return Passage(id=str(rank), text=item)
-    if isinstance(item, dict) and ("text" in item or "contents" in item):
-        return Passage(id=str(item.get("id", rank)), text=item.get("text", item.get("contents", "")),
-                       title=item.get("title", "") or "", score=float(item.get("score", 0.0)))
-    raise TypeError(f"a retriever returned {type(item).__name__}; expected Passage, str or dict")
 
 
 def _with_fields(config: FlashBackConfig | None, fields: dict[str, Any]) -> FlashBackConfig | None:
@@ -102,7 +91,8 @@ class FlashBack:
 
     def __init__(self, model, tokenizer, retriever: Retriever | None = None,
                  config: FlashBackConfig | None = None, *, backend: Backend | None = None) -> None:
-        self.config = cfg = config or FlashBackConfig()
+        self.config = cfg = engine_config(config)                # a dict of fields is fine too
+        retriever, backend = engine_retriever(retriever), engine_backend(backend)   # an index path is loaded
         if cfg.retrieves and retriever is None:
             raise ConfigError(f"pattern {cfg.pattern!r} needs a retriever (or use pattern='none')")
         if model is None and backend is None:
@@ -198,7 +188,9 @@ class FlashBack:
 
         ``tokenizer``: the served model's (object, folder or hub id); by default the folder the server
         loaded, when it is on this machine. Settings come from that folder's ``flashback.json`` (what
-        ``flashback export`` writes) unless ``config`` / keyword fields say otherwise.
+        ``flashback export`` writes) unless ``config`` / keyword fields say otherwise. ``timeout``: the
+        most seconds one request may take in all (a server that stalls, or trickles keep-alives, fails
+        then with one :class:`BackendError`).
         """
         from .retrievers import load_index
         from .serving import server_parts
@@ -288,7 +280,7 @@ class FlashBack:
         """:meth:`generate` for every prompt, results in order. On a vLLM backend every sequence is in
         flight at once (up to ``max_concurrency``), each re-retrieving on its own schedule, and vLLM
         batches their requests; on transformers they run one after another."""
-        prompts = list(prompts)
+        prompts = prompt_list(prompts)                      # never one string taken letter by letter
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
         if not self.backend.concurrent or len(prompts) <= 1:
@@ -343,7 +335,7 @@ class FlashBack:
         """
         bos = self.tokenizer.bos_token_id
         if not isinstance(prompt, str):
-            ids = [int(t) for t in prompt]
+            ids = prompt_token_ids(prompt, self._vocab_size)     # integers inside the vocabulary
             forged = sorted(set(ids) & set(self._banned_ids))
             if forged:
                 raise ConfigError(f"the prompt's token ids contain marker id(s) {forged}; only the engine "
@@ -384,8 +376,9 @@ class FlashBack:
         cfg = self.config
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        stops = stop_strings(stop)
         controls = controls or RepetitionControls()
+        check_seed(seed)
         Sampler(temperature, top_p, top_k, seed)            # bad sampling values fail before any work
         tokens, anchor = self.encode_prompt(prompt)
         if not tokens:
@@ -531,8 +524,7 @@ class FlashBack:
         k, timeout = self.config.top_k, self.config.retrieval_timeout
 
         def run() -> list[Passage]:
-            found = self.retriever.retrieve(query, k)
-            return [as_passage(p, i) for i, p in enumerate(itertools.islice(found, k))]
+            return retrieved(self.retriever.retrieve(query, k), k)     # checked: a bare str is no list
 
         if timeout is None:
             return run()

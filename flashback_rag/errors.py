@@ -65,6 +65,7 @@ _OS_REASONS = {
     "ENOENT": "no such file or folder",
     "ENAMETOOLONG": "file name too long",
     "EMFILE": "too many open files",
+    "EIO": "input/output error (a failing disk, or a network file system that dropped a write)",
 }
 
 
@@ -84,5 +85,5 @@ def os_error_message(err: OSError) -> str | None:
     files = [str(f) for f in (err.filename, err.filename2) if f is not None]
     if not files:
         return reason
-    verb = "while writing" if name in ("ENOSPC", "EDQUOT", "EFBIG") else "on"
+    verb = "while writing" if name in ("ENOSPC", "EDQUOT", "EFBIG", "EIO") else "on"
     return f"{reason} {verb} {' -> '.join(files)}"

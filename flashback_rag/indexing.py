@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .corpus import chunk_documents, read_documents
 from .errors import ConfigError, EmptyCorpusError, FlashBackError
+from .io_utils import check_apart, holding
 from .retrievers.index_folder import read_manifest
 from .retrievers.registry import get_backend
 
@@ -71,19 +72,24 @@ def build_index(source: str | Path, out: str | Path, backend: str = "bm25", chun
     """
     if not str(source).startswith("hf:") and not Path(source).expanduser().exists():
         raise FlashBackError(f"no such file or folder: {source}")
+    # an index never replaces its corpus (inside its folder it may sit: the corpus reader skips it)
+    check_apart(out, "--out", [("--input", source)], may_hold={"--input"})
     backend_class = get_backend(backend)
     unknown = sorted(set(options) - backend_options(backend_class))
     if unknown:
         raise ConfigError(f"the {backend} back-end has no option {', '.join(unknown)} "
                           f"(it takes: {', '.join(sorted(backend_options(backend_class))) or 'none'})")
-    tok = load_tokenizer(tokenizer)
-    chunks = chunk_documents(read_documents(source), tok, chunk_tokens)
-    if show_progress:
-        chunks = tqdm(chunks, desc="chunking", unit=" chunks")
-    extra = {"chunking": {"chunk_tokens": chunk_tokens, "tokenizer": tokenizer or "words"},
-             "source": str(source)}
-    try:
-        backend_class.build_folder(chunks, out, show_progress=show_progress, manifest_extra=extra, **options)
-    except EmptyCorpusError:
-        raise EmptyCorpusError(f"{source} has no text to index") from None
+    # The write lock for the whole build, not only while saving: a second build to the same folder is
+    # refused at once instead of both succeeding and the later silently replacing the other.
+    with holding(out):
+        tok = load_tokenizer(tokenizer)
+        chunks = chunk_documents(read_documents(source), tok, chunk_tokens)
+        if show_progress:
+            chunks = tqdm(chunks, desc="chunking", unit=" chunks")
+        extra = {"chunking": {"chunk_tokens": chunk_tokens, "tokenizer": tokenizer or "words"},
+                 "source": str(source)}
+        try:
+            backend_class.build_folder(chunks, out, show_progress=show_progress, manifest_extra=extra, **options)
+        except EmptyCorpusError:
+            raise EmptyCorpusError(f"{source} has no text to index") from None
     return read_manifest(out)

@@ -29,9 +29,11 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -109,6 +111,48 @@ def check_output_file(path: str | Path, what: str = "output") -> Path:
     return path
 
 
+def _same_path(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)          # a hard link or a second mount of the same file
+    except OSError:
+        return False
+
+
+def check_apart(output: str | Path, what: str, inputs: Iterable[tuple[str, str | Path | None]],
+                may_hold: Iterable[str] = ()) -> None:
+    """Refuse an output that would destroy or pollute what the same command reads.
+
+    ``inputs``: ``(name, path)`` pairs (paths that do not exist, ``None`` and ``hf:`` names are not
+    files and are skipped). The output may not be one of them, lie inside one of them (a folder that
+    is read: an index, an adapter, a corpus) nor hold one (an output folder is replaced whole).
+    ``may_hold``: names of input folders the output may lie inside (an index inside its corpus folder:
+    the corpus reader skips index folders).
+
+    >>> check_apart("idx/manifest.json", "--output", [("--index", "/")])
+    Traceback (most recent call last):
+    ...
+    flashback_rag.errors.FlashBackError: --output idx/manifest.json is inside the --index folder /; write it elsewhere (a command never writes into a folder it reads)
+    """
+    out = Path(output).expanduser().resolve()
+    may_hold = set(may_hold)
+    for name, value in inputs:
+        if value is None or str(value).startswith("hf:") or not Path(value).expanduser().exists():
+            continue
+        source = Path(value).expanduser().resolve()
+        kind = "folder" if source.is_dir() else "file"
+        if _same_path(out, source):
+            raise FlashBackError(f"{what} {output} is the {name} {kind} itself; write the output elsewhere "
+                                 "(a command never writes over what it reads)")
+        if source.is_dir() and source in out.parents and name not in may_hold:
+            raise FlashBackError(f"{what} {output} is inside the {name} folder {value}; write it elsewhere "
+                                 "(a command never writes into a folder it reads)")
+        if out in source.parents:
+            raise FlashBackError(f"{what} {output} holds the {name} {kind} {value}, which writing it would "
+                                 "replace; write it elsewhere")
+
+
 def check_output_folder(path: str | Path, what: str = "output", owner_file: str | None = None) -> Path:
     """Refuse, before any work, an output folder that would replace something the user has.
 
@@ -145,6 +189,72 @@ def _as_umask_allows(path: Path, folder: bool) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
+def _publishable(root: Path) -> None:
+    """Every file and folder under ``root`` as the umask allows: some writers make their files private
+    whatever the umask says (safetensors writes weights 0600), which would leave a shared adapter or
+    model folder unreadable to the group. Links are left alone (chmod would follow them)."""
+    mask = current_umask()
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, (0o777 if name in dirs else 0o666) & ~mask)
+
+
+# ----------------------------------------------------------------------------- full disks
+_DISK_ERRNOS = {"ENOSPC", "EDQUOT", "EFBIG"}
+# How the libraries that write our big files say that a write failed: safetensors (Rust: "... (os error
+# 28)"), torch.save (its zip writer: "[enforce fail at inline_container.cc] unexpected pos", or
+# "PytorchStreamWriter failed writing"), numpy's tofile ("N requested and M written", an OSError with no
+# errno), faiss ("write error").
+_WRITE_FAILED = re.compile(r"os error (\d+)|No space left on device|Disk quota exceeded|File too large|"
+                           r"PytorchStreamWriter|inline_container|file write failed|requested and \d+ written|"
+                           r"write error", re.IGNORECASE)
+
+
+def _guess_errno(text: str, target: Path) -> int:
+    import errno
+    import resource
+
+    lowered = text.lower()
+    if "no space" in lowered:
+        return errno.ENOSPC
+    if "quota" in lowered:
+        return errno.EDQUOT
+    if "too large" in lowered:
+        return errno.EFBIG
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(_existing_ancestor(target.absolute())).free < 2 ** 20:
+            return errno.ENOSPC
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return errno.EFBIG
+    return errno.EIO
+
+
+def write_failure(err: BaseException, target: str | Path) -> OSError | None:
+    """The OSError (with its errno, naming ``target``) for what a library raised when writing into
+    ``target`` failed, so the command line tells a full disk in one line whichever library hit it;
+    None when ``err`` is not a failed write (a bug keeps its traceback).
+
+    >>> write_failure(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "m")
+    OSError(28, 'No space left on device')
+    """
+    import errno
+
+    target = Path(target)
+    if isinstance(err, OSError) and err.errno is not None:
+        if errno.errorcode.get(err.errno) in _DISK_ERRNOS:
+            return OSError(err.errno, os.strerror(err.errno), str(target))
+        return None
+    if not isinstance(err, (OSError, RuntimeError)) and type(err).__name__ != "SafetensorError":
+        return None
+    found = _WRITE_FAILED.search(str(err))
+    if found is None:
+        return None
+    code = int(found.group(1)) if found.group(1) else _guess_errno(str(err), target)
+    return OSError(code, os.strerror(code), str(target))
+
+
 # ----------------------------------------------------------------------------- atomic files
 @contextlib.contextmanager
 def atomic_open(path: str | Path) -> Iterator[IO[str]]:
@@ -161,9 +271,12 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
             yield handle
         _as_umask_allows(Path(tmp), folder=False)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        failed = write_failure(err, path)     # named by the file the user asked for, not the temporary one
+        if failed is not None:
+            raise failed from None
         raise
 
 
@@ -173,13 +286,47 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every float JSON cannot hold (NaN, inf) as None: Python would write ``NaN`` and
+    ``Infinity``, which strict JSON readers (jq, browsers, other languages) refuse.
+
+    >>> json.dumps(finite_json({"ratio": float("nan"), "ci": [1.0, float("inf")]}), allow_nan=False)
+    '{"ratio": null, "ci": [1.0, null]}'
+    """
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps_json(data: Any, **options: Any) -> str:
+    """Strict JSON text of ``data`` (non-finite floats as null)."""
+    return json.dumps(finite_json(data), allow_nan=False, **options)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, dumps_json(data, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- atomic folders
 def _sibling(target: Path, tag: str) -> Path:
     return target.parent / f".{target.name}.{tag}"
+
+
+# The targets this thread holds through ``holding``: taking their lock again is a no-op, so a command can
+# hold its output for its whole run and still write it with ``atomic_directory``.
+_HELD = threading.local()
+
+
+def _held() -> set[str]:
+    if not hasattr(_HELD, "targets"):
+        _HELD.targets = set()
+    return _HELD.targets
 
 
 @contextlib.contextmanager
@@ -188,7 +335,13 @@ def _folder_lock(target: Path, wait: bool) -> Iterator[bool]:
 
     The lock file is removed when released. A process that opened it before the removal finds, once it
     gets the lock, that the path no longer names the file it locked, and starts again on a fresh one.
+    Another thread of this process is refused like another process; a target this thread holds through
+    :func:`holding` is taken again at once.
     """
+    key = str(target.absolute())
+    if key in _held():
+        yield True
+        return
     try:
         import fcntl
     except ImportError:          # no advisory locks on this platform: writers are not serialised
@@ -217,6 +370,26 @@ def _folder_lock(target: Path, wait: bool) -> Iterator[bool]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)             # closing releases the lock
+
+
+@contextlib.contextmanager
+def holding(target: str | Path) -> Iterator[None]:
+    """Hold the write lock of ``target`` (a folder or a file) for a whole run, not only while saving:
+    a second run writing the same output is refused at its start, instead of both working for an hour
+    and the later one silently replacing the other's result."""
+    target = Path(target).expanduser()
+    key = str(target.absolute())
+    with _folder_lock(target, wait=False) as held:
+        if not held:
+            raise FlashBackError(f"another process is writing {target} right now (lock "
+                                 f"{_sibling(target, 'lock')}); try again when it has finished")
+        outermost = key not in _held()
+        _held().add(key)
+        try:
+            yield
+        finally:
+            if outermost:
+                _held().discard(key)
 
 
 def _repair(target: Path) -> None:
@@ -270,10 +443,14 @@ def atomic_directory(target: Path, owner_file: str | None = None, wait: bool = F
         try:
             _as_umask_allows(tmp, folder=True)
             yield tmp
+            _publishable(tmp)
             new, old = _sibling(target, "new"), _sibling(target, "old")
             os.replace(tmp, new)           # complete: from here on the next run rolls forward
-        except BaseException:
+        except BaseException as err:
+            failed = write_failure(err, target)      # (before the cleanup frees the space again)
             shutil.rmtree(tmp, ignore_errors=True)
+            if failed is not None:         # a full disk, told the same way whichever library wrote
+                raise failed from None
             raise
         if target.exists():
             os.replace(target, old)

@@ -29,11 +29,11 @@ class Sampler:
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  seed: int | None = None, device: torch.device | str = "cpu") -> None:
         if not _finite(temperature) or temperature < 0:
-            raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
+            raise ConfigError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if not _finite(top_p) or not 0 < top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0, got {top_k}")
+            raise ConfigError(f"top_k must be an integer >= 0, got {top_k!r}")
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.greedy = temperature == 0
         self.seed = seed
@@ -58,7 +58,17 @@ class Sampler:
             # a model split over devices (device_map) gives its logits where its last layer is: the
             # draws must come from a generator there (seeded alike, before its first draw)
             self.generator = self._new_generator(logits.device)
-        logits = logits.float() / self.temperature
+        # The best logit moved to 0 before dividing, and the temperature kept inside float32's range, so
+        # every finite temperature works: a tiny one (1e-300: greedy in effect) turns finite gaps into -inf,
+        # never 0 / 0 or inf - inf = nan, and a huge one (1e39, uniform in effect) cannot become inf and
+        # turn a masked -inf into nan. Logits a penalty pushed to +inf tie for first. No branch on a
+        # tensor's value: the host does not wait for the device here.
+        logits = logits.float()
+        span = torch.finfo(logits.dtype)
+        top = logits.max()
+        shifted = torch.where(torch.isposinf(top), torch.where(torch.isposinf(logits), 0.0, float("-inf")),
+                              logits - top)
+        logits = shifted / min(max(float(self.temperature), span.tiny), span.max)
         if self.top_k:
             kth = torch.topk(logits, min(self.top_k, logits.numel())).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -87,10 +97,10 @@ class RepetitionControls:
 
     def __init__(self, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> None:
         if not _finite(repetition_penalty) or repetition_penalty <= 0:
-            raise ConfigError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty}")
+            raise ConfigError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}")
         if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) \
                 or no_repeat_ngram_size < 0:
-            raise ConfigError(f"no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size}")
+            raise ConfigError(f"no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size!r}")
         self.penalty, self.n = float(repetition_penalty), no_repeat_ngram_size
         self.active = self.penalty != 1.0 or self.n > 0
         self._seen: set[int] = set()
@@ -115,7 +125,12 @@ class RepetitionControls:
         if self.penalty != 1.0 and self._seen:
             ids = _on(sorted(t for t in self._seen if t < logits.shape[-1]), logits.device)
             picked = logits.index_select(0, ids)
-            logits.index_copy_(0, ids, torch.where(picked > 0, picked / self.penalty, picked * self.penalty))
+            # the penalty kept inside the logits' float range, the result clamped to it: a penalty of 1e-300
+            # or 1e300 moves a logit to the largest or smallest float, never to inf or 0 x inf = nan
+            span = torch.finfo(logits.dtype)
+            penalty = min(max(self.penalty, span.tiny), span.max)
+            moved = torch.where(picked > 0, picked / penalty, picked * penalty).clamp(span.min, span.max)
+            logits.index_copy_(0, ids, moved)
         if self.n > 0 and len(tokens) >= self.n - 1:
             banned = self._next.get(tuple(tokens[len(tokens) - self.n + 1:]) if self.n > 1 else (), ())
             if banned:

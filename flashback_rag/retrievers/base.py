@@ -114,6 +114,16 @@ class IndexRetriever(abc.ABC):
     def build(cls, texts: Sequence[str], titles: Sequence[str] | None = None,
               ids: Sequence[str] | None = None, **options: Any) -> "IndexRetriever":
         """Index ``texts`` (with optional ``titles`` and ``ids``); ``options`` go to ``from_chunks``."""
+        from ..errors import ConfigError
+
+        # one string would be indexed letter by letter, a None as the passage "None"
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+            raise ConfigError(f"texts must be a list of strings, got {type(texts).__name__}")
+        texts = list(texts)
+        for name, values in (("texts", texts), ("titles", titles)):
+            wrong = next((i for i, v in enumerate(values or []) if not isinstance(v, str)), None)
+            if wrong is not None:
+                raise ConfigError(f"{name} must be strings; item {wrong} is {type(values[wrong]).__name__}")
         if titles is not None and len(titles) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(titles)} titles")
         if ids is not None and len(ids) != len(texts):
@@ -138,7 +148,16 @@ class IndexRetriever(abc.ABC):
 
     def retrieve_batch(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         """Top-``k`` allowed passages for each query, in one batched search where possible."""
+        from ..errors import ConfigError
+
+        if isinstance(queries, str) or not isinstance(queries, Iterable):
+            raise ConfigError(f"queries must be a list of strings, got {type(queries).__name__}")
         queries = list(queries)
+        wrong = next((q for q in queries if not isinstance(q, str)), None)
+        if any(not isinstance(q, str) for q in queries):
+            raise ConfigError(f"a query must be a string, got {wrong!r}")
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ConfigError(f"k must be an integer, got {k!r}")
         if k <= 0 or not queries:
             return [[] for _ in queries]
         size = len(self)

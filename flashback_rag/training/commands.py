@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..config import BLOCK_POSITIONS, FlashBackConfig
 from ..errors import FlashBackError
-from .output import drop_unused_prepare_record, staged_training_output
+from ..io_utils import atomic_write_text, dumps_json
+from .output import drop_unused_prepare_record, staged_training_output, taken_back_on_error
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -44,9 +45,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
               "validation_input": args.validation_input, "validation_fraction": args.validation_fraction,
               "forbidden_titles": args.forbidden_titles}
     drop_unused_prepare_record(args.out)      # a failed first run must not refuse the corrected one
-    done = prepare(sources, retriever, tokenizer, args.out, cfg, record=record,
-                   max_examples={"train": args.max_examples, "validation": args.max_validation_examples},
-                   show_progress=not args.quiet)
+    with taken_back_on_error(args.out):       # nor one that failed after writing some shards
+        done = prepare(sources, retriever, tokenizer, args.out, cfg, record=record,
+                       max_examples={"train": args.max_examples, "validation": args.max_validation_examples},
+                       show_progress=not args.quiet)
     print(json.dumps({"out": str(args.out), "counts": done["counts"]}))
     return 0
 
@@ -104,6 +106,11 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
         raise FlashBackError(f"--block-positions before gives the block positions below 0, which a "
                              f"{model.config.model_type} model (learned absolute positions) cannot read")
     if args.data:
+        from .validation import check_positions, read_prepared_record
+
+        check_positions(read_prepared_record(args.data)["config"].get("max_positions"), model,
+                        f"the data in {args.data} (prepare --max-positions)",
+                        "prepare it again with --max-positions {limit} or less")
         split = Path(args.data) / args.split
         if args.multi == "concat" and args.pack is not False and (split / "windows").is_dir():
             records = read_prepared_windows(split, args.max_examples)
@@ -137,11 +144,9 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
             result["compare"] = {"file": str(args.compare), **compare_text_results(result, other)}
     result.update(model=args.model, adapter=args.adapter)
     if args.output:
-        from ..io_utils import atomic_write_text
-
-        atomic_write_text(Path(args.output), json.dumps(result, indent=2) + "\n")
+        atomic_write_text(Path(args.output), dumps_json(result, indent=2) + "\n")
     result.pop("chunk_nll", None)              # hundreds of numbers: in the --output file only
-    print(json.dumps(result, indent=2))
+    print(dumps_json(result, indent=2))        # strict JSON: a NaN or inf figure is written as null
     return 0
 
 
@@ -151,9 +156,12 @@ def _read_comparison(path: str) -> dict:
     if not file.is_file():
         raise FlashBackError(f"no such result file to compare with: {path}")
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        result = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FlashBackError(f"{path} is not a JSON result of `flashback eval ppl`: {exc}") from None
+    if not isinstance(result, dict):
+        raise FlashBackError(f"{path} is not a JSON result of `flashback eval ppl` (not an object)")
+    return result
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

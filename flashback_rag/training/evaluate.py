@@ -241,6 +241,10 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
     tokens = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
+    if max_positions is not None:
+        from .validation import check_positions
+
+        check_positions(max_positions, model, "the context (max_positions)", "give {limit} or less")
     limit = max_positions or model_max_positions(model) or 1024
     echo = echo if pattern == "append" else 0
     points = list(range(stride, len(tokens) - stride + 1, stride))
@@ -262,7 +266,8 @@ def text_perplexity(model, tokenizer, text: str, retriever=None, pattern: str = 
     sums, counts = text_groups(chunk_nll, [len(ex["tgt"]) for ex in examples], stride, group_tokens)
     result.update(stride=stride, max_positions=limit, text_tokens=len(tokens), group_tokens=group_tokens,
                   keep_unchanged=keep_unchanged and pattern == "append",
-                  groups=len(counts), ppl_ci=None, chunk_nll=[round(v, 5) for v in chunk_nll])
+                  groups=len(counts), ppl_ci=None, chunk_nll=[round(v, 5) for v in chunk_nll],
+                  text_fingerprint=tokens_fingerprint(tokens))
     if len(counts) >= MIN_GROUPS:
         result["ppl_ci"] = ppl_interval(bootstrap_means({"run": sums}, counts)["run"])
     else:
@@ -296,16 +301,39 @@ def text_groups(chunk_nll: Sequence[float], chunk_tokens: Sequence[int], stride:
                       max(1, group_tokens // stride))
 
 
+def tokens_fingerprint(tokens: Sequence[int]) -> str:
+    """A hash of the scored token ids: two results compare only when they scored the same tokens (the
+    same text with the same tokenizer), not merely as many of them."""
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, tokens)).encode()).hexdigest()[:16]
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def compare_text_results(result: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     """The paired perplexity ratio of two ``text_perplexity`` results on the same tokens of the same text."""
     keys = ("text_tokens", "stride", "tokens")
-    if "chunk_nll" not in other:
+    if not isinstance(other, dict) or "chunk_nll" not in other:
         raise ConfigError("the result to compare with has no per-chunk losses: write it with "
                           "`flashback eval ppl --text ... --output FILE`")
+    if not isinstance(other["chunk_nll"], list) or not all(_finite_number(v) for v in other["chunk_nll"]) \
+            or not _finite_number(other.get("ppl")):
+        raise ConfigError("the result to compare with holds a 'ppl' or 'chunk_nll' that is not a list of finite "
+                          "numbers (a damaged or hand-edited file): write it again with `flashback eval ppl --text "
+                          "... --output FILE`")
     differ = [f"{k} {other.get(k)} vs {result.get(k)}" for k in keys if other.get(k) != result.get(k)]
     if differ or len(other["chunk_nll"]) != len(result["chunk_nll"]):
         raise ConfigError("the two results did not score the same tokens (" + (", ".join(differ) or "chunks")
                           + "): compare runs on the same text with the same --stride and --max-tokens")
+    if "text_fingerprint" not in other:
+        raise ConfigError("the result to compare with records no fingerprint of the tokens it scored (an older "
+                          "flashback-rag wrote it), so it may come from another text: run it again")
+    if other["text_fingerprint"] != result.get("text_fingerprint"):
+        raise ConfigError("the two results did not score the same tokens (as many, but other ones: another text "
+                          "or another tokenizer): compare runs on the same text with the same tokenizer")
     stride, group_tokens = result["stride"], result.get("group_tokens", GROUP_TOKENS)
     tokens = [stride] * len(result["chunk_nll"])
     ours, counts = text_groups(result["chunk_nll"], tokens, stride, group_tokens)

@@ -82,6 +82,31 @@ def _record_final_path(folder: Path, out: Path) -> None:
         atomic_write_json(path, meta)
 
 
+@contextlib.contextmanager
+def taken_back_on_error(out: str | Path) -> Iterator[None]:
+    """A fresh ``prepare`` (no ``args.json`` yet) that fails with an error takes back everything it wrote
+    into ``out`` (all of ``out`` when it created it), so a corrected rerun to the same ``--out`` is not
+    refused as "prepared with other arguments" (a validation split too short, found after the training
+    shards were written, did that). A run that was resuming, or one stopped by Ctrl-C or a kill, keeps its
+    shards: rerunning the same command resumes from them."""
+    out = Path(out)
+    fresh = not (out / "args.json").is_file()
+    before = set(out.iterdir()) if out.is_dir() else None
+    try:
+        yield
+    except Exception:
+        if fresh and out.is_dir():
+            if before is None:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for path in set(out.iterdir()) - before:
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+        raise
+
+
 def drop_unused_prepare_record(out: str | Path) -> None:
     """Remove ``out/args.json`` when no shard was ever written with it (see the module docstring)."""
     out = Path(out)

@@ -41,6 +41,7 @@ from .data import LayoutDataset, LeftPadCollator, layout_item, read_examples, ta
 from .packing import PACKABLE, collate_packed, pack_record, packed_logits, token_nll, unpack_record
 from .prepare import read_prepared_args, read_windows, tokenizer_fingerprint
 from .tuning import TUNES, LoraSettings
+from .validation import check_positions
 from .unlikelihood import DEFAULT_MIN_MATCH, copy_unlikelihood
 
 log = logging.getLogger(__name__)
@@ -300,6 +301,8 @@ def train(cfg: TrainConfig, show_progress: bool = True, callbacks: list | None =
         raise ConfigError(f"--block-positions before gives the block positions below 0, which a "
                           f"{model.config.model_type} model (learned absolute positions) cannot read")
     for folder, args in zip(cfg.data_dirs, prepared):
+        check_positions(args["config"].get("max_positions"), model, f"the data in {folder} (prepare --max-positions)",
+                        "prepare it again with --max-positions {limit} or less")
         if args["tokenizer"]["fingerprint"] != tokenizer_fingerprint(tokenizer):
             raise FlashBackError(f"{folder} was prepared with another tokenizer "
                                  f"({args['tokenizer'].get('name')}); prepare it again for {cfg.model}")
@@ -331,8 +334,17 @@ def train(cfg: TrainConfig, show_progress: bool = True, callbacks: list | None =
         data_collator=WindowCollator(pad) if cfg.pack else LeftPadCollator(pad),
         banned_ids=markers.as_list() if markers else [], marker_lr=cfg.marker_lr if cfg.tune == "lora" else None,
         prefix_loss_weight=cfg.prefix_loss_weight, copy_unlikelihood=cfg.copy_unlikelihood, callbacks=callbacks)
-    resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    resume = None
+    if cfg.resume:
+        # the newest complete checkpoint: a half-written newer one (a full disk, a kill) is skipped
+        from .checkpoints import checkpoints, resume_point
+
+        had = bool(checkpoints(out / "checkpoints"))
+        resume = resume_point(out / "checkpoints", need_optimizer=not cfg.deepspeed)
+        if resume is None and had:
+            log.warning("--resume: no checkpoint is complete; training from the start")
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    check_finite(trainer.model, cfg)
     metrics = dict(result.metrics)
     if eval_set is not None:
         # The Trainer averages per-batch means; windows hold different numbers of targets, so the final
@@ -346,6 +358,16 @@ def train(cfg: TrainConfig, show_progress: bool = True, callbacks: list | None =
     model = trainer.model
     model.eval()
     return model, tokenizer, metrics
+
+
+def check_finite(model, cfg: TrainConfig) -> None:
+    """Refuse to publish weights a diverged run left as NaN or inf (a learning rate of 1e300 does it in one
+    step): such an adapter loads without complaint and then emits one token forever."""
+    bad = [name for name, param in model.named_parameters() if param.requires_grad and not torch.isfinite(param).all()]
+    if bad:
+        raise FlashBackError(f"training diverged: {len(bad)} trained weight tensor(s) hold NaN or inf (the first: "
+                             f"{bad[0]}), so nothing was written; lower --learning-rate (now {cfg.learning_rate:g}) "
+                             f"or --marker-lr (now {cfg.marker_lr if cfg.marker_lr is not None else cfg.learning_rate:g})")
 
 
 class WindowDataset(torch.utils.data.Dataset):

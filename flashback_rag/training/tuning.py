@@ -74,6 +74,9 @@ def _peft():
 
 def lora_model(model, settings: LoraSettings, marker_ids: list[int] | None):
     """Wrap ``model`` in a PEFT LoRA model; only LoRA weights and the marker rows are trainable."""
+    from .validation import check_lora_rank
+
+    check_lora_rank(settings.r, model.config, getattr(model.config, "_name_or_path", "") or "the model")
     peft = _peft()
     targets = settings.targets or lora_targets(model.config.model_type)
     config = peft.LoraConfig(

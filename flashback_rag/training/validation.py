@@ -190,6 +190,32 @@ def module_names(config) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def check_positions(length: Any, model, what: str, fix: str) -> None:
+    """Refuse examples or windows of ``length`` positions when the model reads fewer: a learned
+    position table (GPT-2, OPT) has no row past its end and fails deep inside the forward."""
+    from ..models import max_positions
+
+    limit = max_positions(model)
+    if limit is not None and isinstance(length, int) and not isinstance(length, bool) and length > limit:
+        name = getattr(model.config, "_name_or_path", "") or model.config.model_type
+        raise ConfigError(f"{what} is {length} positions long, but {name} reads at most {limit}; "
+                          + fix.format(limit=limit))
+
+
+def hidden_size(config) -> int | None:
+    value = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def check_lora_rank(rank: int, config, model: str = "the model") -> None:
+    """A LoRA rank above the hidden size adds parameters (and memory: ``--lora-r 1000000`` asks for
+    terabytes) but no expressive power: ``B @ A`` cannot have a higher rank than its smaller side."""
+    hidden = hidden_size(config) if config is not None else None
+    if hidden is not None and rank > hidden:
+        raise ConfigError(f"--lora-r {rank} is more than the hidden size of {model} ({hidden}): a LoRA update "
+                          f"cannot have a rank above it; use at most {hidden}")
+
+
 def check_lora_targets(model: str, targets: Iterable[str]) -> None:
     """Refuse ``--lora-targets`` that name no module of ``model`` (PEFT's own matching: a name or a suffix)."""
     config = model_config(model)

@@ -207,7 +207,7 @@ ROWS: list[Row] = [
                                                         "--out", str(t / "a")], "past the vocabulary", ("a",)),
     ("token ids not integers", lambda t: TRAIN + ["--data", str(prepared(t, ['{"passages": [], "src": ["a"], "tgt": [1]}'])),
                                                   "--out", str(t / "a")], "'src' must be a list of token ids", ("a",)),
-    ("data folder without args.json", lambda t: TRAIN + ["--data", str(t), "--out", str(t / "a")], "no args.json", ("a",)),
+    ("data folder without args.json", lambda t: TRAIN + ["--data", str(write(t, "d/notes.txt", "x").parent), "--out", str(t / "a")], "no args.json", ("a",)),
     ("args.json not a prepare record", lambda t: TRAIN + ["--data", str(prepared(t, args={"hello": 1})), "--out",
                                                           str(t / "a")], "not a `flashback prepare` record", ("a",)),
     ("eval ppl --batch-size 0", lambda t: PPL + ["--data", str(prepared(t)), "--split", "train", "--batch-size", "0"],
