@@ -256,13 +256,12 @@ class FlashBack:
                 raise ConfigError("the continuation to score is empty")
             with _ENCODE_LOCK:
                 return self._without_markers(continuation, self.tokenizer(continuation, add_special_tokens=False).input_ids)
-        ids = [int(t) for t in continuation]
+        ids = prompt_token_ids(continuation, self._vocab_size)     # integers inside the vocabulary
         if not ids:
             raise ConfigError("the continuation to score is empty")
-        wrong = sorted({t for t in ids if not 0 <= t < self._vocab_size} | (set(ids) & set(self._banned_ids)))
-        if wrong:
-            raise ConfigError(f"the continuation holds token id(s) {wrong[:5]} that are markers or outside the "
-                              f"tokenizer's {self._vocab_size} ids")
+        forged = sorted(set(ids) & set(self._banned_ids))
+        if forged:
+            raise ConfigError(f"the continuation holds marker id(s) {forged}; markers are never predicted")
         return ids
 
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,

@@ -60,10 +60,12 @@ def test_score_takes_text_and_refuses_what_it_cannot_read(tiny_models):
     assert fb.generate("The capital of France", max_new_tokens=4).perplexity is None
     with pytest.raises(ConfigError, match="empty"):
         fb.score("The capital", "")
-    with pytest.raises(ConfigError, match="markers or outside"):
+    with pytest.raises(ConfigError, match="marker id"):
         fb.score("The capital", [5, fb.markers.left])
-    with pytest.raises(ConfigError, match="markers or outside"):
+    with pytest.raises(ConfigError, match="outside the tokenizer"):
         fb.score("The capital", [5, 10 ** 9])
+    with pytest.raises(ConfigError, match="must be integers"):
+        fb.score("The capital", [5, 2.5])
     marked = fb.score("The capital", " <MARK_L> is here")          # a marker string is text, never the marker
     assert fb.markers.left not in marked.token_ids
 
