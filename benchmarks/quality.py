@@ -141,7 +141,8 @@ def window_ids(records) -> torch.Tensor:
     return torch.tensor([w for w, r in enumerate(records) for _ in r["points"]])
 
 
-def bootstrap(nll: dict[str, torch.Tensor], windows: torch.Tensor, samples: int, seed: int):
+def bootstrap(nll: dict[str, torch.Tensor], windows: torch.Tensor, samples: int, seed: int,
+              references: tuple[str, ...] = REFERENCES):
     """Per row: ppl interval; per row and reference: the paired interval of the perplexity ratio.
 
     ``nll[key]`` is ``(points, stride)``; windows are resampled with replacement, the same draw for all
@@ -157,7 +158,7 @@ def bootstrap(nll: dict[str, torch.Tensor], windows: torch.Tensor, samples: int,
     out = {}
     for k in nll:
         out[k] = {"ppl_ci": ppl_interval(means[k])}
-        for ref in REFERENCES:
+        for ref in references:
             if ref in means:
                 out[k][f"ratio_{ref}"] = ratio_interval(sums[k], sums[ref], counts, means[k], means[ref])
     return out
@@ -269,7 +270,8 @@ def run(args) -> dict:
 
     report_rows = []
     for regime in args.regimes:
-        stats = bootstrap(nll[regime], window_ids(val[regime]), args.bootstrap, args.seed)
+        stats = bootstrap(nll[regime], window_ids(val[regime]), args.bootstrap, args.seed,
+                          REFERENCES + tuple(args.ratio_to))
         for row in rows:
             values = nll[regime][row.key]
             report_rows.append({**results[row.key], "regime": regime, "ppl": math.exp(float(values.mean())),
@@ -277,6 +279,7 @@ def run(args) -> dict:
                                 "nll_by_position": [round(float(v), 4) for v in values.mean(0)],
                                 **stats[row.key]})
     return {"benchmark": "perplexity table (FlashBack, arXiv 2405.04065), two retrieval regimes",
+            "ratio_to": list(args.ratio_to),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
             "corpus": corpus_name, "documents": {k: len(v) for k, v in parts.items()}, "settings": settings,
@@ -360,12 +363,14 @@ def markdown(report: dict) -> str:
         tokens = rows[0]["tokens"] if rows else 0
         lines += [f"## Regime `{regime}` ({tokens} target tokens per row, {rows[0]['windows']} windows)", "",
                   "| row | ppl [95% CI] | ratio to control (none + LoRA) | ratio to control with prefix loss | "
-                  "ratio to prepend + LoRA + markers | loss at +0 / +1 / last |", "|---|---|---|---|---|---|"]
+                  "ratio to prepend + LoRA + markers | loss at +0 / +1 / last |"
+                  + "".join(f" ratio to {ref} |" for ref in report.get("ratio_to", [])),
+                  "|---|---|---|---|---|---|" + "---|" * len(report.get("ratio_to", []))]
         for r in rows:
             pos = r["nll_by_position"]
             lines.append(f"| {_label(r, s)} | {r['ppl']:.3f} {_ci(r['ppl_ci'])} | {_ratio(r, CONTROL)} | "
                          f"{_ratio(r, CONTROL_PREFIX)} | {_ratio(r, UPPER)} | {pos[0]:.2f} / {pos[1]:.2f} / "
-                         f"{pos[-1]:.2f} |")
+                         f"{pos[-1]:.2f} |" + "".join(f" {_ratio(r, ref)} |" for ref in report.get("ratio_to", [])))
         lines.append("")
     lines += ["Perplexity of the target tokens only (marker logits masked); all rows of a regime score the same "
               "tokens with the same preceding text, only the passage layout and the weights differ. A ratio "
@@ -433,6 +438,8 @@ def main(argv=None) -> int:
     p.add_argument("--marker-init", default=None, help="default: flashback train's")
     p.add_argument("--prefix-loss-weight", type=float, default=1.0,
                    help="flashback train --prefix-loss-weight of the rows trained with the prefix loss")
+    p.add_argument("--ratio-to", nargs="*", default=[], choices=[r.key for r in ROWS], metavar="ROW",
+                   help="also give every row's paired perplexity ratio to these rows")
     p.add_argument("--keep-unchanged", action="store_true",
                    help="append rows: points that find the passage in place keep its block, in training and scoring "
                         "(decoding's default; the recorded tables re-insert every block, the paper's layout)")
