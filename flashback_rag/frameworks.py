@@ -297,25 +297,42 @@ _FRAMEWORKS = {"llama_index": ("LlamaIndex", "llama_index.llms.flashback.FlashBa
 
 
 def framework_of(obj: Any) -> str | None:
-    """``"llama_index"`` or ``"langchain"`` when ``obj``'s class comes from that framework (flashback's own
-    adapters, which are plain flashback retrievers, excepted)."""
+    """``"llama_index"`` or ``"langchain"`` when ``obj``'s class derives from that framework's classes.
+
+    flashback's own classes are judged by what they derive from: ``llama_index.llms.flashback.FlashBackRetriever``
+    is a LlamaIndex retriever (and unusable as a flashback-rag one), while the plain adapters
+    (``LlamaIndexPassageRetriever``, ``LangChainPassageRetriever``) are flashback-rag retrievers of no framework.
+    """
     for cls in type(obj).__mro__:
         module = cls.__module__ or ""
         if module.startswith(("llama_index.llms.flashback", "langchain_flashback")):
-            return None
+            continue
         for root in _FRAMEWORKS:
             if module == root or module.startswith(root + ".") or module.startswith(root + "_"):
                 return root
     return None
 
 
+# What a flashback adapter of one framework wraps, so the refusal can name the way out.
+_WRAPPED = {"llama_index": "flashback_retriever", "langchain": "retriever"}
+
+
 def refuse_foreign_retriever(obj: Any, framework: str) -> None:
-    """Refuse, at construction, a retriever of the other framework (it would fail at every retrieval)."""
+    """Refuse, at construction, a retriever of the other framework (it would fail at every retrieval).
+
+    Both integrations name their adapter ``FlashBackRetriever``, so the message names the class with its
+    module and the package that takes it.
+    """
     found = framework_of(obj)
-    if found is not None and found != framework:
-        name, llm = _FRAMEWORKS[found]
-        raise ConfigError(f"retriever is a {name} {type(obj).__name__}; this is the {_FRAMEWORKS[framework][0]} "
-                          f"integration: use {llm} for {name} retrievers (or wrap it in a flashback-rag retriever)")
+    if found is None or found == framework:
+        return
+    name, llm = _FRAMEWORKS[found]
+    cls = type(obj)
+    inner = ""
+    if cls.__module__.startswith(("llama_index.llms.flashback", "langchain_flashback")):
+        inner = f", or pass the flashback-rag retriever it wraps (.{_WRAPPED[found]})"
+    raise ConfigError(f"retriever is a {name} {cls.__name__} ({cls.__module__}.{cls.__qualname__}) and this is "
+                      f"the {_FRAMEWORKS[framework][0]} integration: use {llm} for {name} retrievers{inner}")
 
 
 async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIterator[T]:

@@ -85,3 +85,15 @@ def test_generation_options_pass_through(tiny_engine):
     assert plain.bind(repetition_penalty=1.3, no_repeat_ngram_size=2).invoke("The capital of France") == want
     with pytest.raises(TypeError, match="'num_beams'"):
         plain.invoke("x", generate_kwargs={"num_beams": 2})
+
+
+@pytest.mark.parametrize("cls", [FlashBackLLM, ChatFlashBack])
+def test_llama_index_flashback_retriever_is_refused_naming_its_package(cls, tiny_engine, bm25):
+    # Same class name as langchain_flashback.FlashBackRetriever, but a LlamaIndex retriever: accepted, every
+    # retrieval used to fail as a warning while generation went on without passages.
+    from llama_index.llms.flashback import FlashBackRetriever
+
+    with pytest.raises(ConfigError, match=r"LlamaIndex FlashBackRetriever \(llama_index\.llms\.flashback\.retrievers"
+                                          r"\.FlashBackRetriever\).*llama_index\.llms\.flashback\.FlashBackLLM"
+                                          r".*\.flashback_retriever"):
+        cls(model=tiny_engine, retriever=FlashBackRetriever(bm25))
