@@ -53,6 +53,10 @@ def messages_to_prompt(tokenizer, messages: List[BaseMessage]) -> str:
 class ChatFlashBack(FlashBackEngineMixin, BaseChatModel):
     """A LangChain chat model backed by a FlashBack engine; same constructor as ``FlashBackLLM``."""
 
+    @classmethod
+    def get_lc_namespace(cls) -> List[str]:
+        # LangChain's load imports the class from this module path: it must be where the class lives.
+        return ["langchain_flashback", "chat_models"]
 
     @property
     def _llm_type(self) -> str:
