@@ -73,9 +73,10 @@ class ChatFlashBack(FlashBackEngineMixin, BaseChatModel):
         settings = {k: v for k, v in llm.model_dump(exclude={"retriever"}).items() if k in type(self).model_fields
                     and k not in {"model", "adapter", "server", "tokenizer", "config", "device", "dtype",
                                   "device_map", "model_kwargs", "tokenizer_kwargs"}}
-        super().__init__(llm.engine, retriever=llm.retriever, **{**settings, **kwargs})
-        # record where the engine came from, so serialising this chat model rebuilds the same one
+        super().__init__(llm.engine, **{**settings, **kwargs})
+        # the very engine, shared; record where it came from, so serialising this chat model rebuilds it
         self.model, self.adapter, self.server, self.tokenizer = llm.model, llm.adapter, llm.server, llm.tokenizer
+        self.retriever = llm.retriever
 
     def get_num_tokens_from_messages(self, messages: List[BaseMessage], tools: Any = None) -> int:
         """Tokens of the prompt these messages become (the tokenizer's chat template), as the model reads it."""
