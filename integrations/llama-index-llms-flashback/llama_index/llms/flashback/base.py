@@ -6,8 +6,10 @@
     >>> llm = FlashBackLLM("tiny-random-llama", retriever=bm25, stride=4, max_new_tokens=8,
     ...                    ignore_eos=True)
     >>> response = llm.complete("The capital of France")
-    >>> len(response.raw.token_ids), len(response.raw.retrievals)   # raw: the GenerationResult
+    >>> len(response.raw.token_ids), len(response.raw.retrievals)   # raw reads as the GenerationResult
     (8, 2)
+    >>> response.raw["usage"]["completion_tokens"]                  # and is the mapping LlamaIndex counts
+    8
 
 Every ``stride`` generated tokens it retrieves with the last ``query_tokens`` tokens and appends the
 passages after the running text (``pattern="append"``, FlashBack), or prepends them and recomputes
