@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     usage = callback.usage_metadata[chat.model]
     print(f"\ntoken usage (LangChain usage_metadata, the model's tokenizer): input {usage['input_tokens']}, "
           f"output {usage['output_tokens']}, total {usage['total_tokens']}")
-    print(f"FlashBack also fed {section['passage_tokens']} passage tokens in {section['retrievals']} blocks and "
+    print(f"FlashBack also fed {section['passage_tokens']} passage tokens at {section['retrievals']} retrieval points and "
           f"{section['echo_tokens']} echo tokens; {section['prefill_tokens']} tokens prefilled, "
           f"{section['reused_tokens']} kept from the cache")
     print(f"{result.stats.generated_tokens} tokens in {seconds:.2f}s (pattern={chat.engine.config.pattern}, "

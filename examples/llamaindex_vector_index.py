@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None, model: Any = None) -> dict[str, Any]:
     print(f"\ntoken usage (LlamaIndex TokenCountingHandler, the model's tokenizer): prompt "
           f"{counter.prompt_llm_token_count}, completion {counter.completion_llm_token_count}, total "
           f"{counter.total_llm_token_count}")
-    print(f"FlashBack also fed {usage.passage_tokens} passage tokens in {len(result.retrievals)} blocks and "
+    print(f"FlashBack also fed {usage.passage_tokens} passage tokens at {len(result.retrievals)} retrieval points and "
           f"{usage.echo_tokens} echo tokens; {usage.prefill_tokens} tokens prefilled, {usage.reused_tokens} "
           f"kept from the cache")
     print(f"{result.stats.generated_tokens} tokens in {seconds:.2f}s (pattern={llm.engine.config.pattern}, "

@@ -6,15 +6,18 @@ block); that is compute the user pays for, so it is reported beside them in a ``
 
     >>> from flashback_rag import FlashBack, FlashBackConfig, load_model
     >>> from flashback_rag.usage import TokenUsage
-    >>> class Always:                        # every retrieval returns the same passage
+    >>> class Turns:                         # each retrieval returns the other passage
+    ...     def __init__(self):
+    ...         self.calls = 0
     ...     def retrieve(self, query, k):
-    ...         return ["cats purr"]
+    ...         self.calls += 1
+    ...         return ["cats purr" if self.calls % 2 else "dogs bark"]
     >>> model, tokenizer = load_model("tiny-random-llama")
-    >>> fb = FlashBack(model, tokenizer, Always(), FlashBackConfig(stride=4, echo_tokens=2))
+    >>> fb = FlashBack(model, tokenizer, Turns(), FlashBackConfig(stride=4, echo_tokens=2))
     >>> usage = TokenUsage.of(fb.generate("cats", max_new_tokens=8, ignore_eos=True), fb.config)
     >>> usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.retrievals
     (4, 8, 12, 2)
-    >>> usage.passage_tokens, usage.echo_tokens      # two blocks of "cats purr" + 2 markers, 2-token echoes
+    >>> usage.passage_tokens, usage.echo_tokens      # two 9-byte passages + 2 markers each, 2-token echoes
     (22, 4)
     >>> sorted(usage.openai())
     ['completion_tokens', 'flashback', 'prompt_tokens', 'total_tokens']
@@ -36,8 +39,9 @@ class TokenUsage:
 
     prompt_tokens:     the prompt as the model read it (special tokens such as a BOS included).
     completion_tokens: the tokens generated (a stop token that ended the text is not among them).
-    passage_tokens:    passage blocks fed to the model: the passages as truncated, plus the markers.
-    echo_tokens:       prefix tokens repeated after the blocks (append with ``echo_tokens``).
+    passage_tokens:    passage blocks fed to the model: the passages as truncated, plus the markers (a
+                       block kept in place because it came back unchanged is not fed again).
+    echo_tokens:       prefix tokens repeated after the blocks fed (append with ``echo_tokens``).
     prefill_tokens:    every token fed in a multi-token forward: prompt, blocks, echoes, and what prepend
                        (or a window slide) recomputes; the engine's own count.
     reused_tokens:     cached positions kept at retrieval points instead of being fed again.
@@ -61,7 +65,8 @@ class TokenUsage:
     def of(cls, result: GenerationResult, config: FlashBackConfig) -> "TokenUsage":
         stats = result.stats
         echo = config.layout_echo
-        blocks = [r for r in result.retrievals if r.block_tokens]
+        # blocks fed to the model: an unchanged block kept in place (keep_unchanged) is not fed again
+        blocks = [r for r in result.retrievals if r.block_tokens and not r.kept]
         return cls(
             prompt_tokens=stats.prompt_tokens,
             completion_tokens=len(result.token_ids),

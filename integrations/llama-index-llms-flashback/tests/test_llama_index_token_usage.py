@@ -78,9 +78,9 @@ def test_raw_is_a_mapping_with_usage_and_the_result(counted):
     usage = response.raw["usage"]
     assert usage == TokenUsage.of(result, llm.engine.config).openai()
     assert usage["prompt_tokens"] == len(llm.engine.encode_prompt(QUESTION)[0])
-    blocks = [r for r in result.retrievals if r.block_tokens]
-    assert blocks and usage["flashback"]["passage_tokens"] == sum(r.block_tokens for r in blocks)
-    assert usage["flashback"]["echo_tokens"] == 2 * len(blocks)      # echo_tokens=2 after every block
+    fed = [r for r in result.retrievals if r.block_tokens and not r.kept]    # a block kept in place: not fed
+    assert fed and usage["flashback"]["passage_tokens"] == sum(r.block_tokens for r in fed)
+    assert usage["flashback"]["echo_tokens"] == 2 * len(fed)        # echo_tokens=2 after every block fed
     assert usage["flashback"]["retrievals"] == len(result.retrievals) == 2
     assert response.additional_kwargs["token_usage"] == usage
     streamed = list(llm.stream_complete(QUESTION))
