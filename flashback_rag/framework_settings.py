@@ -8,8 +8,10 @@ for ``model``, ``torch_dtype`` for ``dtype``, ``pipeline_kwargs`` for ``generate
 that do not apply get a message that names the equivalent (``frameworks.HF_EQUIVALENTS``).
 
     >>> from flashback_rag.framework_settings import FlashBackSettings
+    >>> from flashback_rag.retrievers import BM25Retriever
     >>> engine, fields = FlashBackSettings.engine_and_fields(
-    ...     "tiny-random-llama", {"stride": 4, "torch_dtype": "float32", "max_new_tokens": 8},
+    ...     "tiny-random-llama", {"retriever": BM25Retriever.build(["Owls hunt at night."]), "stride": 4,
+    ...                           "torch_dtype": "float32", "max_new_tokens": 8},
     ...     framework="llama_index", wrap_retriever=None)
     >>> engine.config.stride, fields["model"], fields["dtype"], fields["max_new_tokens"]
     (4, 'tiny-random-llama', 'float32', 8)
