@@ -43,6 +43,8 @@ def test_context_window_is_what_llamaindex_packs(bm25, caplog):
         big = FlashBackLLM("tiny-random-llama", retriever=bm25, doc_tokens=32, context_window=3900)
     assert "context_window 3900 does not fit" in caplog.text              # as HuggingFaceLLM: warned, cut down
     assert big.metadata.context_window == 512 - block and big.engine.max_context == 512
+    with pytest.raises(ConfigError, match="context_window .* or max_context .*, not both"):
+        FlashBackLLM("tiny-random-llama", retriever=bm25, context_window=200, max_context=300)
 
 
 def test_stopping_ids_end_the_text(bm25):

@@ -157,6 +157,9 @@ class FlashBackLLM(FlashBackSettings, CustomLLM):
 
     def __init__(self, model: Any = None, **kwargs: Any) -> None:
         window = kwargs.pop("context_window", None)
+        if window is not None and kwargs.get("max_context") is not None:
+            raise ConfigError("give context_window (what LlamaIndex packs) or max_context (the whole window, "
+                              "FlashBack's passage block included), not both")
         if isinstance(kwargs.get("query_wrapper_prompt"), str):       # HuggingFaceLLM takes a plain string too
             kwargs["query_wrapper_prompt"] = PromptTemplate(kwargs["query_wrapper_prompt"])
         engine, fields = self.engine_and_fields(model, kwargs, framework="llama_index",
@@ -219,8 +222,9 @@ class FlashBackLLM(FlashBackSettings, CustomLLM):
 
         Runs in the caller's context (not in a worker thread) so it sees the nodes a
         FlashBackNodePostprocessor handed over in this query. An unformatted prompt (a direct
-        ``complete`` call) gets ``system_prompt`` and ``query_wrapper_prompt`` as LlamaIndex's ``predict``
-        gives them to a formatted one (HuggingFaceLLM's ``complete`` does the same), then ``completion_to_prompt``.
+        ``complete`` call) gets ``system_prompt`` and ``query_wrapper_prompt``, as HuggingFaceLLM's
+        ``complete`` gives them, in the form LlamaIndex's ``predict`` gives them to a formatted one; then
+        ``completion_to_prompt``.
         """
         if not formatted:
             prompt = self.completion_to_prompt(self._extend_prompt(prompt))
