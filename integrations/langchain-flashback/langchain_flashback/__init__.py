@@ -6,6 +6,7 @@
 """
 
 from langchain_flashback.chat_models import ChatFlashBack, messages_to_prompt
+from langchain_flashback.embeddings import FlashBackEmbeddings
 from langchain_flashback.llms import FlashBackLLM
 from langchain_flashback.retrievers import (
     FlashBackRetriever,
@@ -16,6 +17,6 @@ from langchain_flashback.retrievers import (
 )
 
 __all__ = [
-    "ChatFlashBack", "FlashBackLLM", "FlashBackRetriever", "LangChainPassageRetriever",
+    "ChatFlashBack", "FlashBackEmbeddings", "FlashBackLLM", "FlashBackRetriever", "LangChainPassageRetriever",
     "as_flashback_retriever", "document_to_passage", "messages_to_prompt", "passage_to_document",
 ]

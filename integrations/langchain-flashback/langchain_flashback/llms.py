@@ -40,24 +40,12 @@ from typing import Any, Dict, List, Optional
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer
 
-from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
-from flashback_rag.config import config_fields
+from flashback_rag import FlashBackConfig, GenerationResult
 from flashback_rag.errors import ConfigError
-from flashback_rag.frameworks import (
-    CALL_OPTIONS,
-    aiter_in_thread,
-    build_engine,
-    call_settings,
-    check_keywords,
-    from_generate_kwargs,
-    recorded_source,
-    refuse_foreign_retriever,
-    report_slides,
-    result_summary,
-    split_config_fields,
-)
+from flashback_rag.framework_settings import FlashBackSettings
+from flashback_rag.frameworks import CALL_OPTIONS, aiter_in_thread, report_slides, result_summary
+from flashback_rag.usage import TokenUsage
 
 from .retrievers import as_flashback_retriever
 
@@ -65,73 +53,33 @@ from .retrievers import as_flashback_retriever
 CALL_KEYS = tuple(k for k in CALL_OPTIONS if k != "stop")
 
 
-class FlashBackEngineMixin(BaseModel):
-    """What FlashBackLLM and ChatFlashBack share: the constructor and its fields, the engine, per-call
-    settings, streaming. (A pydantic model, so the LangChain classes inherit its fields.)"""
+class FlashBackEngineMixin(FlashBackSettings):
+    """What FlashBackLLM and ChatFlashBack share beyond the common settings (``FlashBackSettings``, the
+    fields LlamaIndex's FlashBackLLM has too): the constructor, LangChain serialisation, per-call settings,
+    streaming, token counting. (A pydantic model, so the LangChain classes inherit its fields.)"""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    model: str
-    adapter: Optional[str] = None
-    server: Optional[str] = None
-    tokenizer: Optional[str] = None
-    retriever: Any = Field(default=None, exclude=True)
-    config: Any = Field(default=None)
-    max_new_tokens: int = Field(default=256, gt=0)
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    sample_top_k: int = Field(default=0, ge=0)
-    seed: Optional[int] = None
-    stop: Optional[List[str]] = None
-    ignore_eos: bool = False
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
-    no_repeat_ngram_size: int = Field(default=0, ge=0)
-    generate_kwargs: Dict[str, Any] = Field(default_factory=dict)
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-
-    _engine: FlashBack = PrivateAttr()
-    _last_result: Optional[GenerationResult] = PrivateAttr(default=None)
-
-    @field_serializer("config")
-    def _config_as_dict(self, config: Any) -> Optional[Dict[str, Any]]:
-        return config.to_dict() if isinstance(config, FlashBackConfig) else config
-
-    def __init__(self, model: Any = None, *, adapter: Optional[str | os.PathLike] = None,
-                 retriever: Any = None, config: FlashBackConfig | Dict[str, Any] | None = None,
-                 max_new_tokens: int = 256, device: Optional[str] = None, dtype: Optional[str] = None,
-                 server: Optional[str] = None, tokenizer: Any = None, **kwargs: Any) -> None:
-        engine, source, rest = self._build(model, adapter, retriever, config, device, dtype, server,
-                                           tokenizer, kwargs)
-        check_keywords(rest, [*type(self).model_fields, *config_fields()], f"{type(self).__name__}()")
-        from_generate_kwargs(rest.get("generate_kwargs"))             # a bad option fails now, not per call
-        super().__init__(**source, adapter=None if adapter is None else str(adapter), retriever=retriever,
-                         config=engine.config, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-                         **rest)
+    def __init__(self, model: Any = None, **kwargs: Any) -> None:
+        engine, fields = self.engine_and_fields(model, kwargs, framework="langchain",
+                                                wrap_retriever=as_flashback_retriever)
+        super().__init__(**fields)
         self._engine = engine
 
-    @staticmethod
-    def _build(model: Any, adapter: Any, retriever: Any, config: Any, device: Any, dtype: Any, server: Any,
-               tokenizer: Any, kwargs: Dict[str, Any]) -> tuple[FlashBack, Dict[str, Any], Dict[str, Any]]:
-        fields, rest = split_config_fields(kwargs)
-        refuse_foreign_retriever(retriever, "langchain")
-        if model is None and server is None:
-            raise TypeError("FlashBackLLM needs model= (an alias such as smollm2-135m, a folder, a .gguf "
-                            "file, a hub id, or a FlashBack engine) or server= (a running vllm serve's URL)")
-        engine = build_engine(model, adapter=adapter, retriever=as_flashback_retriever(retriever),
-                              config=config, device=device, dtype=dtype, server=server, tokenizer=tokenizer,
-                              **fields)
-        return engine, recorded_source(model, engine, tokenizer), rest
-
-    @property
-    def engine(self) -> FlashBack:
-        """The FlashBack engine (model, tokenizer, retriever, config)."""
-        return self._engine
-
-    @property
-    def last_result(self) -> Optional[GenerationResult]:
-        """The GenerationResult of the most recent call to finish (retrievals, timings, slides)."""
-        return self._last_result
+    @classmethod
+    def from_model_id(cls, model_id: str, task: str = "text-generation", backend: str = "default",
+                      device: Optional[int | str] = None, device_map: Optional[str | Dict[str, Any]] = None,
+                      model_kwargs: Optional[Dict[str, Any]] = None, pipeline_kwargs: Optional[Dict[str, Any]] = None,
+                      **kwargs: Any):
+        """``HuggingFacePipeline.from_model_id``'s signature: ``model_id`` (here also an alias, folder or
+        .gguf file), ``device`` (``-1`` CPU, ``0`` the first GPU), ``device_map``, ``model_kwargs`` for
+        ``from_pretrained``, ``pipeline_kwargs`` as generation options; other keywords as the constructor's
+        (``retriever=`` above all). ``task`` can only be text generation, ``backend`` only the default."""
+        if task != "text-generation":
+            raise ConfigError(f"task {task!r}: FlashBack generates text with a causal LM (task 'text-generation')")
+        if backend != "default":
+            raise ConfigError(f"backend {backend!r}: HuggingFacePipeline's openvino / ipex back-ends do not apply; "
+                              "FlashBack runs on transformers here, or on a vllm serve with server=")
+        return cls(model=model_id, device=device, device_map=device_map, model_kwargs=model_kwargs or {},
+                   pipeline_kwargs=pipeline_kwargs or {}, **kwargs)
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -171,12 +119,23 @@ class FlashBackEngineMixin(BaseModel):
                               f"setting) and pattern {pattern!r} needs one: {cls.__name__}.from_dict(data, retriever=...)")
         return cls(**data)
 
+    def get_token_ids(self, text: str) -> List[int]:
+        """Token ids with the model's own tokenizer (LangChain's default is GPT-2's, fetched from the hub);
+        ``get_num_tokens`` counts these. A ``custom_get_token_ids`` still wins, as LangChain documents."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return self.tokenize(text)
+
+    def _token_usage(self, results: List[GenerationResult]) -> Dict[str, Any]:
+        """``llm_output["token_usage"]``: prompt, completion and total tokens summed, plus ``flashback``."""
+        return TokenUsage.total(self.usage(r) for r in results).openai()
+
+    def _summary(self, result: GenerationResult) -> Dict[str, Any]:
+        return result_summary(result, self._engine.config)
+
     def _settings(self, stop: Optional[List[str]], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-        defaults = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                        top_k=self.sample_top_k, seed=self.seed, stop=None, ignore_eos=self.ignore_eos,
-                        use_cache=True, repetition_penalty=self.repetition_penalty,
-                        no_repeat_ngram_size=self.no_repeat_ngram_size)
-        settings = call_settings(defaults, self.generate_kwargs, kwargs, f"{type(self).__name__} call")
+        settings = self.generation_settings(kwargs, f"{type(self).__name__} call", stop=None)
+        # a call's stop strings add to the instance's (LangChain's own stop= argument included)
         stops = [*(self.stop or []), *(settings.pop("stop") or []), *(stop or [])]
         return {**settings, "stop": stops or None}
 
@@ -225,7 +184,15 @@ class FlashBackLLM(FlashBackEngineMixin, LLM):
         config: a ``FlashBackConfig``; its fields may also be given as keywords (``pattern``,
             ``stride``, ``query_tokens``, ``doc_tokens``, ``top_k`` = passages per retrieval...).
         max_new_tokens: tokens per call. temperature, top_p, sample_top_k, seed: sampling (greedy by
-            default). stop: default stop strings (a call's ``stop`` adds to them). ignore_eos.
+            default). stop: default stop strings (a call's ``stop`` adds to them). stopping_ids: token ids
+            that end the text. ignore_eos.
+        generate_kwargs (or HuggingFacePipeline's ``pipeline_kwargs``): Hugging Face ``generate`` options.
+        device (``"cpu"``, ``"cuda:1"``, ``0``, ``-1``), dtype (or ``torch_dtype``), device_map, model_kwargs,
+            tokenizer_kwargs: how a model given by name is loaded; ``model_id=`` and
+            :meth:`from_model_id` as HuggingFacePipeline takes them.
+    Token usage: ``generate(...).llm_output["token_usage"]`` (prompt, completion, total and the
+    ``flashback`` section: passage and echo tokens the engine fed), counted with the model's tokenizer,
+    as ``get_num_tokens`` counts.
     """
 
     @property
@@ -259,16 +226,17 @@ class FlashBackLLM(FlashBackEngineMixin, LLM):
         return self._llm_result(results)
 
     def _llm_result(self, results: List[GenerationResult]) -> LLMResult:
-        # As LLM._generate's, plus the retrieval log in generation_info.
+        # As LLM._generate's, plus the retrieval log in generation_info and the usage in llm_output.
         self._finished(results)
-        return LLMResult(generations=[[Generation(text=r.text, generation_info=result_summary(r))]
-                                      for r in results])
+        return LLMResult(generations=[[Generation(text=r.text, generation_info=self._summary(r))]
+                                      for r in results],
+                         llm_output={"token_usage": self._token_usage(results), "model_name": self.model})
 
     def _stream(self, prompt: str, stop: Optional[List[str]] = None,
                 run_manager: Optional[CallbackManagerForLLMRun] = None,
                 **kwargs: Any) -> Iterator[GenerationChunk]:
         for delta, result in self._deltas(prompt, stop, kwargs):
-            chunk = GenerationChunk(text=delta, generation_info=result_summary(result) if result else None)
+            chunk = GenerationChunk(text=delta, generation_info=self._summary(result) if result else None)
             if run_manager and delta:
                 run_manager.on_llm_new_token(delta, chunk=chunk)
             yield chunk
@@ -278,7 +246,7 @@ class FlashBackLLM(FlashBackEngineMixin, LLM):
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
         # One thread per generation (LangChain's default would resume the generator on any thread).
         async for delta, result in aiter_in_thread(lambda: self._deltas(prompt, stop, kwargs)):
-            chunk = GenerationChunk(text=delta, generation_info=result_summary(result) if result else None)
+            chunk = GenerationChunk(text=delta, generation_info=self._summary(result) if result else None)
             if run_manager and delta:
                 await run_manager.on_llm_new_token(delta, chunk=chunk)
             yield chunk

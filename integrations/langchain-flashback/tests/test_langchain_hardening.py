@@ -4,14 +4,16 @@ window slides, round-trip through LangChain's serialisation, and pass generation
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
-from langchain_core.load import dumpd, load
+from langchain_core.load import dumpd, dumps, load, loads
 
 from flashback_rag.errors import ConfigError
 from flashback_rag.retrievers import BM25Retriever
 from langchain_flashback import ChatFlashBack, FlashBackLLM
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 TEXTS = ["Paris is the capital of France.", "Rome is the capital of Italy.", "Cats purr when content."]
 
 
@@ -85,3 +87,35 @@ def test_generation_options_pass_through(tiny_engine):
     assert plain.bind(repetition_penalty=1.3, no_repeat_ngram_size=2).invoke("The capital of France") == want
     with pytest.raises(TypeError, match="'num_beams'"):
         plain.invoke("x", generate_kwargs={"num_beams": 2})
+
+
+@pytest.mark.parametrize("cls", [FlashBackLLM, ChatFlashBack])
+def test_llama_index_flashback_retriever_is_refused_naming_its_package(cls, tiny_engine, bm25):
+    # Same class name as langchain_flashback.FlashBackRetriever, but a LlamaIndex retriever: accepted, every
+    # retrieval used to fail as a warning while generation went on without passages.
+    from llama_index.llms.flashback import FlashBackRetriever
+
+    with pytest.raises(ConfigError, match=r"LlamaIndex FlashBackRetriever \(llama_index\.llms\.flashback\.retrievers"
+                                          r"\.FlashBackRetriever\).*llama_index\.llms\.flashback\.FlashBackLLM"
+                                          r".*\.flashback_retriever"):
+        cls(model=tiny_engine, retriever=FlashBackRetriever(bm25))
+
+
+# The line the README documents; the test below runs exactly this line.
+ROUND_TRIP = ('load(dumpd(llm), valid_namespaces=["langchain_flashback"], '
+              'allowed_objects=[FlashBackLLM, ChatFlashBack])')
+
+
+@pytest.mark.parametrize("cls", [FlashBackLLM, ChatFlashBack])
+def test_the_documented_langchain_round_trip_runs_for_both_classes(cls, bm25, tmp_path):
+    assert ROUND_TRIP in README.read_text(encoding="utf-8")
+    bm25.save(tmp_path / "idx")
+    llm = cls(model="tiny-random-llama", retriever=str(tmp_path / "idx"), stride=4, max_new_tokens=4,
+              ignore_eos=True)
+    loaded = eval(ROUND_TRIP, {"load": load, "dumpd": dumpd, "FlashBackLLM": FlashBackLLM,
+                               "ChatFlashBack": ChatFlashBack, "llm": llm})
+    assert type(loaded) is cls and loaded.engine.config == llm.engine.config
+    as_text = (lambda out: out) if cls is FlashBackLLM else (lambda out: out.content)
+    assert as_text(loaded.invoke("The capital")) == as_text(llm.invoke("The capital"))
+    again = loads(dumps(llm), valid_namespaces=["langchain_flashback"], allowed_objects=[cls])
+    assert type(again) is cls and again.to_dict() == llm.to_dict()

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["__init__", "base", "handoff", "retrievers"]
+MODULES = ["__init__", "base", "embeddings", "handoff", "retrievers"]
 
 
 @pytest.mark.parametrize("name", MODULES)

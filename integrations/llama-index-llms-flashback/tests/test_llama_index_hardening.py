@@ -106,3 +106,12 @@ def test_refine_on_a_512_position_model_fails_up_front_with_the_reason(bm25, cap
         check_query_engine(index.as_query_engine(llm=small), small)
     engine = as_flashback_query_engine(index, small, response_mode="simple_summarize")
     assert engine.query("When do owls hunt?").response is not None
+
+
+def test_langchain_flashback_retriever_is_refused_naming_its_package(tiny_engine, bm25):
+    # Same class name as this package's FlashBackRetriever: the message must say which one it got.
+    from langchain_flashback import FlashBackRetriever
+
+    with pytest.raises(ConfigError, match=r"LangChain FlashBackRetriever \(langchain_flashback\.retrievers\."
+                                          r"FlashBackRetriever\).*langchain_flashback\.FlashBackLLM.*\.retriever\)"):
+        FlashBackLLM(tiny_engine, retriever=FlashBackRetriever(retriever=bm25))

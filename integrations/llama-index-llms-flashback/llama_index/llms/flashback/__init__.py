@@ -5,7 +5,8 @@
     ('FlashBackLLM', 'FlashBackNodePostprocessor')
 """
 
-from llama_index.llms.flashback.base import FlashBackLLM, chat_template_prompt, result_summary
+from llama_index.llms.flashback.base import FlashBackLLM, RawResult, chat_template_prompt, result_summary
+from llama_index.llms.flashback.embeddings import FlashBackEmbedding
 from llama_index.llms.flashback.handoff import (
     FLASHBACK_QA_PROMPT,
     FlashBackNodePostprocessor,
@@ -22,7 +23,7 @@ from llama_index.llms.flashback.retrievers import (
 )
 
 __all__ = [
-    "FLASHBACK_QA_PROMPT", "FlashBackLLM", "FlashBackNodePostprocessor", "FlashBackRetriever",
+    "FLASHBACK_QA_PROMPT", "FlashBackEmbedding", "FlashBackLLM", "FlashBackNodePostprocessor", "FlashBackRetriever",
     "LlamaIndexPassageRetriever", "as_flashback_query_engine", "as_flashback_retriever", "check_query_engine",
-    "chat_template_prompt", "hand_over", "node_to_passage", "passage_to_node", "result_summary",
+    "RawResult", "chat_template_prompt", "hand_over", "node_to_passage", "passage_to_node", "result_summary",
 ]

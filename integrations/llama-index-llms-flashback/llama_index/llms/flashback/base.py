@@ -6,8 +6,10 @@
     >>> llm = FlashBackLLM("tiny-random-llama", retriever=bm25, stride=4, max_new_tokens=8,
     ...                    ignore_eos=True)
     >>> response = llm.complete("The capital of France")
-    >>> len(response.raw.token_ids), len(response.raw.retrievals)   # raw: the GenerationResult
+    >>> len(response.raw.token_ids), len(response.raw.retrievals)   # raw reads as the GenerationResult
     (8, 2)
+    >>> response.raw["usage"]["completion_tokens"]                  # and is the mapping LlamaIndex counts
+    8
 
 Every ``stride`` generated tokens it retrieves with the last ``query_tokens`` tokens and appends the
 passages after the running text (``pattern="append"``, FlashBack), or prepends them and recomputes
@@ -29,41 +31,37 @@ vLLM batches their requests, each sequence re-retrieving on its own schedule.
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from llama_index.core.base.llms.generic_utils import (
     astream_completion_response_to_chat_response,
     completion_response_to_chat_response,
+    stream_completion_response_to_chat_response,
 )
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
     ChatResponseAsyncGen,
+    ChatResponseGen,
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.prompts import PromptTemplate
 
-from flashback_rag import FlashBack, FlashBackConfig, GenerationResult
-from flashback_rag.config import config_fields
+from flashback_rag import FlashBack, GenerationResult
 from flashback_rag.errors import ConfigError
+from flashback_rag.framework_settings import FlashBackSettings
 from flashback_rag.frameworks import (
     CALL_OPTIONS,
     aiter_in_thread,
     build_engine,
-    call_settings,
-    check_keywords,
-    from_generate_kwargs,
-    recorded_source,
-    refuse_foreign_retriever,
     report_slides,
     result_summary,
-    split_config_fields,
     with_first_block,
 )
 
@@ -80,6 +78,23 @@ _WARNED_WINDOWS: set[tuple[int, int]] = set()
 CALL_KEYS = CALL_OPTIONS
 
 
+def _with_context_window(engine: FlashBack, window: int) -> tuple[FlashBack, int]:
+    """The engine whose context is ``window`` plus its passage block, and the window it can honour.
+
+    As HuggingFaceLLM does, a window larger than the model's positions is cut down, with a warning.
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise ConfigError(f"context_window must be a positive integer, got {window!r}")
+    block = engine.config.max_block_tokens
+    positions = engine.backend.max_context
+    if positions is not None and window + block > positions:
+        log.warning("context_window %d does not fit this model: %d positions minus %d kept for FlashBack's "
+                    "passage block leaves %d; using %d", window, positions, block, positions - block,
+                    positions - block)
+        window = positions - block
+    return build_engine(engine, max_context=window + block), window
+
+
 def chat_template_prompt(tokenizer) -> Any:
     """messages_to_prompt through the tokenizer's own chat template (None when it has none)."""
     if not getattr(tokenizer, "chat_template", None):
@@ -92,13 +107,28 @@ def chat_template_prompt(tokenizer) -> Any:
     return messages_to_prompt
 
 
-class FlashBackLLM(CustomLLM):
+class RawResult(dict):
+    """``CompletionResponse.raw``: a mapping, as LlamaIndex's handlers read one (``TokenCountingHandler``
+    takes ``raw["usage"]``: prompt, completion and total tokens, plus the ``flashback`` section), holding
+    the full :class:`~flashback_rag.GenerationResult` as ``raw["result"]``. Its attributes are the
+    result's, so ``response.raw.retrievals`` reads the retrieval log."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            result = self["result"]
+        except KeyError:
+            raise AttributeError(name) from None
+        return getattr(result, name)
+
+
+class FlashBackLLM(FlashBackSettings, CustomLLM):
     """A LlamaIndex LLM backed by a FlashBack engine.
 
     Args:
         model: alias (``smollm2-135m``, ``tiny-random-llama``), folder, .gguf file or hub id; or a
             ready ``FlashBack`` engine (``FlashBack.from_server(...)`` too), or a ``(model, tokenizer)``
-            pair. With ``server``: the served model's name (default: the server's first).
+            pair. With ``server``: the served model's name (default: the server's first). HuggingFaceLLM's
+            ``model_name`` works too.
         adapter: a FlashBack adapter (LoRA + marker embeddings) to load onto ``model``.
         server: the URL of a running ``vllm serve`` (``http://HOST:PORT/v1``) to drive instead of a
             model in this process; ``tokenizer``: its tokenizer (folder or hub id) when the folder the
@@ -107,62 +137,39 @@ class FlashBackLLM(CustomLLM):
         config: a ``FlashBackConfig``; its fields may also be given as keywords (``pattern``,
             ``stride``, ``query_tokens``, ``doc_tokens``, ``top_k`` = passages per retrieval...).
         max_new_tokens: tokens to generate per call (also LlamaIndex's ``num_output``).
+        context_window: what LlamaIndex may pack into a prompt (prompt + answer), as in HuggingFaceLLM;
+            FlashBack keeps room for its passage block on top. Default: the model's positions minus that room.
         temperature, top_p, sample_top_k, seed: sampling (greedy by default).
         repetition_penalty, no_repeat_ngram_size: as in Hugging Face ``generate``.
         generate_kwargs: Hugging Face ``generate`` options (``top_k``, ``do_sample``...), as HuggingFaceLLM takes.
-        stop: stop strings; ignore_eos: keep going past EOS.
+        stop: stop strings; stopping_ids: token ids that end the text; ignore_eos: keep going past EOS.
+        system_prompt, query_wrapper_prompt: wrap a ``complete(prompt)`` call's prompt, as HuggingFaceLLM does.
+        device (``"cpu"``, ``"cuda:1"``, ``0``, ``-1``), dtype (or ``torch_dtype``), device_map,
+            model_kwargs, tokenizer_kwargs: how a model given by name is loaded (Hugging Face's meanings).
         Unknown keywords are errors. ``to_dict`` / ``from_dict`` round-trip every setting but the
         retriever, which is code: re-attach it with ``FlashBackLLM.from_dict(data, retriever=...)``.
         is_chat_model: route query engines through ``chat`` (the tokenizer's chat template).
     """
 
-    model: str = Field(description="The model: alias, folder, .gguf file or hub id; with server, its name.")
-    adapter: Optional[str] = Field(default=None, description="FlashBack adapter folder.")
-    server: Optional[str] = Field(default=None, description="A running vllm serve: http://HOST:PORT/v1.")
-    tokenizer: Optional[str] = Field(default=None, description="The served model's tokenizer folder or id.")
-    retriever: Any = Field(default=None, exclude=True, description="Retriever used while decoding.")
-    config: Any = Field(default=None, description="The FlashBackConfig in use.")
-    max_new_tokens: int = Field(default=256, gt=0, description="Tokens to generate per call.")
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    sample_top_k: int = Field(default=0, ge=0, description="Sampling top-k (0: off).")
-    seed: Optional[int] = Field(default=None)
-    stop: Optional[List[str]] = Field(default=None, description="Stop strings.")
-    ignore_eos: bool = Field(default=False)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
-    no_repeat_ngram_size: int = Field(default=0, ge=0)
-    generate_kwargs: Dict[str, Any] = Field(default_factory=dict, description="Hugging Face generate options.")
-    is_chat_model: bool = Field(default=False)
-    device: Optional[str] = Field(default=None)
-    dtype: Optional[str] = Field(default=None)
+    is_chat_model: bool = Field(default=False, description="Route query engines through chat().")
+    context_window: Optional[int] = Field(default=None, gt=0,
+                                          description="Tokens LlamaIndex may pack (prompt + answer).")
 
-    _engine: FlashBack = PrivateAttr()
-    _last_result: Optional[GenerationResult] = PrivateAttr(default=None)
-
-    @field_serializer("config")
-    def _config_as_dict(self, config: Any) -> Optional[Dict[str, Any]]:
-        return config.to_dict() if isinstance(config, FlashBackConfig) else config
-
-    def __init__(self, model: Any = None, *, adapter: Optional[str | os.PathLike] = None,
-                 retriever: Any = None, config: FlashBackConfig | Dict[str, Any] | None = None,
-                 max_new_tokens: int = 256, device: Optional[str] = None, dtype: Optional[str] = None,
-                 server: Optional[str] = None, tokenizer: Any = None, **kwargs: Any) -> None:
-        fields, rest = split_config_fields(kwargs)
-        check_keywords(rest, [*type(self).model_fields, *config_fields()], "FlashBackLLM()")
-        from_generate_kwargs(rest.get("generate_kwargs"))             # a bad option fails now, not per call
-        refuse_foreign_retriever(retriever, "llama_index")
-        if model is None and server is None:
-            raise TypeError("FlashBackLLM needs model (an alias such as smollm2-135m, a folder, a .gguf file, "
-                            "a hub id, or a FlashBack engine) or server= (a running vllm serve's URL)")
-        engine = build_engine(model, adapter=adapter, retriever=as_flashback_retriever(retriever),
-                              config=config, device=device, dtype=dtype, server=server, tokenizer=tokenizer,
-                              **fields)
-        if rest.get("messages_to_prompt") is None:
-            rest["messages_to_prompt"] = chat_template_prompt(engine.tokenizer)
-        super().__init__(**recorded_source(model, engine, tokenizer),
-                         adapter=None if adapter is None else str(adapter), retriever=retriever,
-                         config=engine.config, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-                         **rest)
+    def __init__(self, model: Any = None, **kwargs: Any) -> None:
+        window = kwargs.pop("context_window", None)
+        if window is not None and kwargs.get("max_context") is not None:
+            raise ConfigError("give context_window (what LlamaIndex packs) or max_context (the whole window, "
+                              "FlashBack's passage block included), not both")
+        if isinstance(kwargs.get("query_wrapper_prompt"), str):       # HuggingFaceLLM takes a plain string too
+            kwargs["query_wrapper_prompt"] = PromptTemplate(kwargs["query_wrapper_prompt"])
+        engine, fields = self.engine_and_fields(model, kwargs, framework="llama_index",
+                                                wrap_retriever=as_flashback_retriever)
+        if window is not None:
+            engine, window = _with_context_window(engine, window)
+            fields["config"] = engine.config
+        if fields.get("messages_to_prompt") is None:
+            fields["messages_to_prompt"] = chat_template_prompt(engine.tokenizer)
+        super().__init__(context_window=window, **fields)
         self._engine = engine
         self._warn_small_window()
 
@@ -201,21 +208,11 @@ class FlashBackLLM(CustomLLM):
         return cls(**data)
 
     @property
-    def engine(self) -> FlashBack:
-        """The FlashBack engine (model, tokenizer, retriever, config)."""
-        return self._engine
-
-    @property
-    def last_result(self) -> Optional[GenerationResult]:
-        """The GenerationResult of the most recent call to finish (retrievals, timings, slides)."""
-        return self._last_result
-
-    @property
     def metadata(self) -> LLMMetadata:
         engine, cfg = self._engine, self._engine.config
         # LlamaIndex packs prompts into context_window - num_output; keep room for one passage block.
         window = engine.max_context or 4096
-        return LLMMetadata(context_window=max(window - cfg.max_block_tokens, 1),
+        return LLMMetadata(context_window=self.context_window or max(window - cfg.max_block_tokens, 1),
                            num_output=self.max_new_tokens, model_name=self.model,
                            is_chat_model=self.is_chat_model)
 
@@ -224,15 +221,14 @@ class FlashBackLLM(CustomLLM):
         """The engine for this call (with handed-over nodes as its first block), prompt and settings.
 
         Runs in the caller's context (not in a worker thread) so it sees the nodes a
-        FlashBackNodePostprocessor handed over in this query.
+        FlashBackNodePostprocessor handed over in this query. An unformatted prompt (a direct
+        ``complete`` call) gets ``system_prompt`` and ``query_wrapper_prompt``, as HuggingFaceLLM's
+        ``complete`` gives them, in the form LlamaIndex's ``predict`` gives them to a formatted one; then
+        ``completion_to_prompt``.
         """
         if not formatted:
-            prompt = self.completion_to_prompt(prompt)
-        defaults = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                        top_k=self.sample_top_k, seed=self.seed, stop=self.stop, ignore_eos=self.ignore_eos,
-                        use_cache=True, repetition_penalty=self.repetition_penalty,
-                        no_repeat_ngram_size=self.no_repeat_ngram_size)
-        settings = call_settings(defaults, self.generate_kwargs, kwargs, "FlashBackLLM.complete()")
+            prompt = self.completion_to_prompt(self._extend_prompt(prompt))
+        settings = self.generation_settings(kwargs, "FlashBackLLM.complete()")
         engine = self._engine
         passages = pending_passages(prompt)
         if passages:
@@ -242,10 +238,14 @@ class FlashBackLLM(CustomLLM):
     def _finish(self, result: GenerationResult) -> CompletionResponse:
         self._last_result = result
         report_slides(result, self._engine.max_context)
-        return CompletionResponse(text=result.text, raw=result, additional_kwargs=result_summary(result))
+        return CompletionResponse(text=result.text, raw=self._raw(result),
+                                  additional_kwargs=result_summary(result, self._engine.config))
+
+    def _raw(self, result: GenerationResult) -> RawResult:
+        return RawResult(usage=self.usage(result).openai(), result=result)
 
     def _responses(self, engine: FlashBack, prompt: str, settings: Dict[str, Any]) -> CompletionResponseGen:
-        """Stream CompletionResponses; the last one also carries the GenerationResult as ``raw``."""
+        """Stream CompletionResponses; the last one also carries the result and its usage as ``raw``."""
         stream = engine.stream(prompt, **settings)
         text, held = "", None
         for delta in stream:
@@ -257,14 +257,33 @@ class FlashBackLLM(CustomLLM):
         self._last_result = result
         report_slides(result, self._engine.max_context)
         text += held or ""
-        yield CompletionResponse(text=text, delta=held or "", raw=result,
-                                 additional_kwargs=result_summary(result))
+        yield CompletionResponse(text=text, delta=held or "", raw=self._raw(result),
+                                 additional_kwargs=result_summary(result, self._engine.config))
 
-    # ------------------------------------------------------------------------ LlamaIndex API
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+    def _complete(self, prompt: str, formatted: bool, kwargs: Dict[str, Any]) -> CompletionResponse:
         engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
         return self._finish(engine.generate(prompt, **settings))
+
+    async def _acomplete(self, prompt: str, formatted: bool, kwargs: Dict[str, Any]) -> CompletionResponse:
+        engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
+        return self._finish(await engine.agenerate(prompt, **settings))      # in a worker thread
+
+    def _astream(self, prompt: str, formatted: bool, kwargs: Dict[str, Any]) -> CompletionResponseAsyncGen:
+        engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            async for response in aiter_in_thread(lambda: self._responses(engine, prompt, settings)):
+                yield response
+
+        return gen()
+
+    # ------------------------------------------------------------------------ LlamaIndex API
+    # The chat methods call the completion steps above, not the decorated completion methods: those would
+    # report a second LLM event inside the chat one, and LlamaIndex's TokenCountingHandler would count
+    # every chat call twice.
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._complete(prompt, formatted, kwargs)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
@@ -274,27 +293,28 @@ class FlashBackLLM(CustomLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
-        return self._finish(await engine.agenerate(prompt, **settings))      # in a worker thread
+        return await self._acomplete(prompt, formatted, kwargs)
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        engine, prompt, settings = self._prepare(prompt, formatted, kwargs)
+        return self._astream(prompt, formatted, kwargs)
 
-        async def gen() -> CompletionResponseAsyncGen:
-            async for response in aiter_in_thread(lambda: self._responses(engine, prompt, settings)):
-                yield response
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return completion_response_to_chat_response(self._complete(self.messages_to_prompt(messages), True, kwargs))
 
-        return gen()
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        engine, prompt, settings = self._prepare(self.messages_to_prompt(messages), True, kwargs)
+        return stream_completion_response_to_chat_response(self._responses(engine, prompt, settings))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        prompt = self.messages_to_prompt(messages)
-        return completion_response_to_chat_response(await self.acomplete(prompt, formatted=True, **kwargs))
+        response = await self._acomplete(self.messages_to_prompt(messages), True, kwargs)
+        return completion_response_to_chat_response(response)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        prompt = self.messages_to_prompt(messages)
-        responses = await self.astream_complete(prompt, formatted=True, **kwargs)
-        return astream_completion_response_to_chat_response(responses)
+        return astream_completion_response_to_chat_response(self._astream(self.messages_to_prompt(messages),
+                                                                          True, kwargs))

@@ -89,6 +89,13 @@ class FlashBackNodePostprocessor(BaseNodePostprocessor):
         hand_over(query, [node_to_passage(n, i) for i, n in enumerate(nodes)])
         return nodes
 
+    async def _apostprocess_nodes(self, nodes: List[NodeWithScore],
+                                  query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+        # LlamaIndex's default runs _postprocess_nodes in a worker thread (asyncio.to_thread), in a copy of
+        # the context that is thrown away afterwards: the hand-over would never reach the LLM and aquery
+        # would silently retrieve on its own. Recording it is cheap, so it happens here, in the query's task.
+        return self._postprocess_nodes(nodes, query_bundle)
+
 
 def as_flashback_query_engine(index: Any, llm: Any, **kwargs: Any):
     """``index.as_query_engine(llm=llm, ...)`` with the FlashBack layout (question first, nodes appended).
