@@ -216,16 +216,27 @@ def totals(pages: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def conclusion(total: dict[str, Any], stride: int) -> str:
-    """One line, from the numbers: what re-retrieving cost and bought, FlashBack against the others."""
+    """One line, from the numbers: what re-retrieving cost and bought, FlashBack against the others.
+
+    It names the gap to prepend when there is one (more than 10% in perplexity): a user must see that the
+    speed is bought with reading, not only that FlashBack beats retrieve-once.
+    """
     fb, prepend, once, none = (total[k] for k in ("flashback", "prepend", "once", "none"))
     speed = prepend["seconds"] / fb["seconds"]
     cost = fb["seconds"] / none["seconds"]
     quality = ("reads the real text better than retrieve-once" if fb["ppl"] < once["ppl"] else
                "does not read the real text better than retrieve-once here")
+    if fb["ppl"] > 1.1 * prepend["ppl"]:
+        gap = (f"; but it reads the passages far less than prepend every {stride} does "
+               f"(perplexity {fb['ppl']:.2f} vs {prepend['ppl']:.2f})")
+    elif fb["ppl"] < prepend["ppl"] / 1.1:
+        gap = f"; it reads them better than prepend every {stride} (perplexity {fb['ppl']:.2f} vs {prepend['ppl']:.2f})"
+    else:
+        gap = f"; level with prepend every {stride} (perplexity {fb['ppl']:.2f} vs {prepend['ppl']:.2f})"
     return (f"Re-retrieving every {stride} tokens, FlashBack ran at {cost:.2f}x the time of no retrieval and "
             f"{speed:.2f}x prepend's speed ({fb['prefill_tokens']:.0f} vs {prepend['prefill_tokens']:.0f} tokens "
-            f"prefilled), and {quality} (perplexity {fb['ppl']:.2f} vs {once['ppl']:.2f}; prepend every {stride} "
-            f"{prepend['ppl']:.2f}, no retrieval {none['ppl']:.2f}).")
+            f"prefilled), and {quality} (perplexity {fb['ppl']:.2f} vs {once['ppl']:.2f}, no retrieval "
+            f"{none['ppl']:.2f}){gap}.")
 
 
 def describe_generation(fb, result) -> dict[str, Any]:
