@@ -52,6 +52,7 @@ demo: $(STAMP)
 	$(BIN)/flashback demo
 
 test: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/ruff check .
 	FLASHBACK_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)

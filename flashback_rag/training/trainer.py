@@ -32,10 +32,6 @@ import torch
 
 from ..config import BLOCK_POSITIONS, PATTERNS, FlashBackConfig
 from ..models import DEFAULT_MARKER_INIT, MARKER_INITS, relative_positions
-
-# Measured (benchmarks/results/marker_init.md): the marker rows start far from where they end up, and at
-# the LoRA learning rate they barely move in a CPU-sized run; their own, larger rate trains them.
-DEFAULT_MARKER_LR = 5e-3
 from ..errors import ConfigError, FlashBackError, MissingDependencyError
 from .data import LayoutDataset, LeftPadCollator, layout_item, read_examples, target_nll
 from .packing import PACKABLE, collate_packed, pack_record, packed_logits, token_nll, unpack_record
@@ -43,6 +39,10 @@ from .prepare import read_prepared_args, read_windows, tokenizer_fingerprint
 from .tuning import TUNES, LoraSettings
 from .validation import check_positions
 from .unlikelihood import DEFAULT_MIN_MATCH, copy_unlikelihood
+
+# Measured (benchmarks/results/marker_init.md): the marker rows start far from where they end up, and at
+# the LoRA learning rate they barely move in a CPU-sized run; their own, larger rate trains them.
+DEFAULT_MARKER_LR = 5e-3
 
 log = logging.getLogger(__name__)
 
