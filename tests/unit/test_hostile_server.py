@@ -117,19 +117,25 @@ def stream(first: Callable[[int], list] | None = None, later: Callable[[int], li
     return completions
 
 
-def keep_alive_forever(handler, body, number) -> None:
-    """Headers, then a keep-alive comment every 50 ms and never a token (a stuck server)."""
+def _forever(handler, chunk: bytes, **headers: str) -> None:
+    """Headers, then ``chunk`` every 50 ms until the test ends (or the client hangs up)."""
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
-    handler.send_header("Transfer-Encoding", "chunked")
+    for name, value in headers.items():
+        handler.send_header(name.replace("_", "-"), value)
     handler.end_headers()
     while not handler.server_stopping.is_set():
         try:
-            handler.wfile.write(b"e\r\n: keep-alive\n\n\r\n")
+            handler.wfile.write(chunk)
             handler.wfile.flush()
         except OSError:
             return
         time.sleep(0.05)
+
+
+def keep_alive_forever(handler, body, number) -> None:
+    """Headers, then a keep-alive comment every 50 ms and never a token (a stuck server)."""
+    _forever(handler, b"e\r\n: keep-alive\n\n\r\n", Transfer_Encoding="chunked")
 
 
 def silent(handler, body, number) -> None:
@@ -144,17 +150,7 @@ def silent(handler, body, number) -> None:
 
 def drip(handler, body, number) -> None:
     """A token event one byte at a time, 50 ms apart, without end: every read gets a byte."""
-    handler.send_response(200)
-    handler.send_header("Content-Type", "text/event-stream")
-    handler.send_header("Content-Length", "100000")
-    handler.end_headers()
-    while not handler.server_stopping.is_set():
-        try:
-            handler.wfile.write(b"d")
-            handler.wfile.flush()
-        except OSError:
-            return
-        time.sleep(0.05)
+    _forever(handler, b"d", Content_Length="100000")
 
 
 def close_second_unanswered(handler, body, number) -> None:
